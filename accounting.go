@@ -1,0 +1,87 @@
+package arbstr
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// usage is the token count a provider reported.
+type usage struct {
+	known            bool
+	promptTokens     int
+	completionTokens int
+}
+
+// parseUsage finds the top-level "usage" object of a completion or a chunk.
+// A body without one (or one that is not JSON) has unknown usage.
+func parseUsage(body []byte) usage {
+	var u usage
+	_, _ = topLevelObject(body, func(key []byte, v span) error {
+		if string(key) == "usage" && v.kind == kindObject {
+			u = usageFrom(body, v)
+		}
+		return nil
+	})
+	return u
+}
+
+// usageFrom reads prompt_tokens and completion_tokens of a usage object.
+func usageFrom(b []byte, obj span) usage {
+	u := usage{known: true}
+	_ = members(b, obj, func(key []byte, v span) error {
+		if v.kind != kindNumber {
+			return nil
+		}
+		n, err := strconv.Atoi(string(b[v.start:v.end]))
+		if err != nil || n < 0 {
+			return nil
+		}
+		switch string(key) {
+		case "prompt_tokens":
+			u.promptTokens = n
+		case "completion_tokens":
+			u.completionTokens = n
+		}
+		return nil
+	})
+	return u
+}
+
+// metricModel is the model label for a provider: the public name when the
+// config lists it, "*" when the provider serves any model (so that client
+// input never creates label values).
+func metricModel(p *provider, model string) string {
+	if p != nil && p.served[model] {
+		return model
+	}
+	return "*"
+}
+
+// logFields adds arbstr's fields to Caddy's access log entry of the request.
+func (ex *exchange) logFields(providerName, model string, cost float64, costKnown bool) {
+	extra, ok := ex.r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	if !ok {
+		return
+	}
+	extra.Set(zap.String("arbstr_request_id", ex.requestID))
+	if providerName != "" {
+		extra.Set(zap.String("arbstr_provider", providerName))
+	}
+	if model != "" {
+		extra.Set(zap.String("arbstr_model", model))
+	}
+	extra.Set(zap.Int("arbstr_attempts", ex.attempts))
+	if len(ex.records) > 0 {
+		extra.Set(zap.String("arbstr_retries", retriesHeader(ex.records)))
+	}
+	extra.Set(zap.String("arbstr_outcome", ex.outcome))
+	if ex.usage.known {
+		extra.Set(zap.Int("arbstr_tokens_in", ex.usage.promptTokens))
+		extra.Set(zap.Int("arbstr_tokens_out", ex.usage.completionTokens))
+	}
+	if costKnown {
+		extra.Set(zap.Float64("arbstr_cost_sats", cost))
+	}
+}

@@ -1,0 +1,298 @@
+package arbstr
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Response headers arbstr sets on chat responses.
+const (
+	headerRequestID = "x-arbstr-request-id"
+	headerProvider  = "x-arbstr-provider"
+	headerCost      = "x-arbstr-cost-sats"
+	headerLatency   = "x-arbstr-latency-ms"
+	headerStreaming = "x-arbstr-streaming"
+	headerRetries   = "x-arbstr-retries"
+)
+
+// ServeHTTP routes by path: .../chat/completions and .../models are
+// answered here, anything else goes to next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	path := r.URL.Path
+	switch {
+	case strings.HasSuffix(path, "/chat/completions"):
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			errMethodNotAllowed(r.Method, "POST").write(w)
+			return nil
+		}
+		h.serveChat(w, r)
+		return nil
+	case strings.HasSuffix(path, "/models"):
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			errMethodNotAllowed(r.Method, "GET").write(w)
+			return nil
+		}
+		h.serveModels(w)
+		return nil
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// serveModels lists the union of public model names, each once.
+func (h *Handler) serveModels(w http.ResponseWriter) {
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	list := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	seen := map[string]bool{}
+	for _, p := range h.providers {
+		for _, m := range p.info().Models {
+			if !seen[m] {
+				seen[m] = true
+				list.Data = append(list.Data, model{ID: m, Object: "model", OwnedBy: p.name})
+			}
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(list)
+}
+
+// serveChat handles one chat completion: read, inspect, choose, run, account.
+func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
+	ex := &exchange{h: h, w: w, r: r, start: time.Now(), requestID: newRequestID()}
+	ex.deadline = ex.start.Add(time.Duration(h.Timeout))
+	w.Header().Set(headerRequestID, ex.requestID)
+	defer func() {
+		ex.account()
+		if ex.aborted {
+			// Cut the connection (HTTP/1.1) or reset the stream (HTTP/2) so
+			// that no client takes a truncated answer for a complete one.
+			panic(http.ErrAbortHandler)
+		}
+	}()
+
+	body, apiErr := readRequestBody(w, r, h.MaxBody)
+	if apiErr != nil {
+		ex.fail(apiErr)
+		return
+	}
+	ex.body = body
+	facts, apiErr := inspectRequest(body)
+	if apiErr != nil {
+		ex.fail(apiErr)
+		return
+	}
+	ex.facts = facts
+	ex.injectUsage = facts.stream && !facts.clientUsage
+	ex.idempotencyKey = r.Header.Get("Idempotency-Key")
+	if ex.idempotencyKey == "" {
+		ex.idempotencyKey = ex.requestID
+	}
+	pl, apiErr := choose(h.providers, h.policies, selectionInputFor(r, facts), h.health.available, time.Now())
+	if apiErr != nil {
+		ex.fail(apiErr)
+		return
+	}
+	var d delivery = bufferedDelivery{}
+	if facts.stream {
+		d = &streamDelivery{}
+	}
+	h.runPlan(ex, pl.candidates, d)
+}
+
+// readRequestBody reads the body whole, refusing it with 413 before reading
+// when its declared length is over the limit, and as soon as it passes it.
+func readRequestBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
+	if r.ContentLength > limit {
+		return nil, errBodyTooLarge(limit)
+	}
+	body, err := readAllBounded(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
+	if err != nil {
+		if _, ok := err.(*http.MaxBytesError); ok || err == errResponseTooLarge {
+			return nil, errBodyTooLarge(limit)
+		}
+		return nil, errInvalidRequest("", "the request body could not be read: %v", err)
+	}
+	return body, nil
+}
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "arb-" + hex.EncodeToString(b[:])
+}
+
+// exchange is the state of one chat completion request.
+type exchange struct {
+	h              *Handler
+	w              http.ResponseWriter
+	r              *http.Request
+	body           []byte
+	facts          *requestFacts
+	injectUsage    bool
+	requestID      string
+	idempotencyKey string
+	start          time.Time
+	deadline       time.Time
+	records        []attemptRecord
+	attempts       int
+
+	provider  *provider // the provider that answered, when one did
+	status    int
+	usage     usage
+	outcome   string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
+	committed bool
+	aborted   bool // the response must be cut, not ended cleanly
+}
+
+func (ex *exchange) remaining() time.Duration { return time.Until(ex.deadline) }
+
+func (ex *exchange) deadlinePassed() bool { return !time.Now().Before(ex.deadline) }
+
+// attemptLimit is how long the next attempt may take before it is abandoned
+// (streams: until their first event), and the cause it is abandoned with.
+func (ex *exchange) attemptLimit() (time.Duration, error) {
+	limit, cause := ex.remaining(), errDeadlinePassed
+	per := time.Duration(ex.h.AttemptTimeout)
+	if ex.facts.stream {
+		per = time.Duration(ex.h.FirstEventTimeout)
+	}
+	if per > 0 && per < limit {
+		limit, cause = per, errAttemptTimeout
+		if ex.facts.stream {
+			cause = errFirstEventTimeout
+		}
+	}
+	return limit, cause
+}
+
+// sleep waits d unless the client goes away first; false means it went.
+func (ex *exchange) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ex.r.Context().Done():
+		return false
+	}
+}
+
+// setCommonHeaders adds the x-arbstr headers known once a provider answered.
+func (ex *exchange) setCommonHeaders(p *provider) {
+	hdr := ex.w.Header()
+	if p != nil {
+		hdr.Set(headerProvider, p.name)
+	}
+	hdr.Set(headerLatency, strconv.FormatInt(time.Since(ex.start).Milliseconds(), 10))
+	if len(ex.records) > 0 {
+		hdr.Set(headerRetries, retriesHeader(ex.records))
+	}
+}
+
+// commit writes the response head of a provider's good answer.
+func (ex *exchange) commit(p *provider, status int, contentType string, length int64) {
+	ex.provider, ex.status, ex.committed, ex.outcome = p, status, true, "ok"
+	ex.setCommonHeaders(p)
+	hdr := ex.w.Header()
+	if contentType != "" {
+		hdr.Set("Content-Type", contentType)
+	}
+	if length >= 0 {
+		hdr.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+	if cost, ok := ex.cost(); ok {
+		hdr.Set(headerCost, strconv.FormatFloat(cost, 'f', 2, 64))
+	}
+	ex.w.WriteHeader(status)
+}
+
+// succeeded records the provider that served the request.
+func (ex *exchange) succeeded(p *provider, res attemptResult) {
+	ex.provider = p
+	switch res.class {
+	case classClientGone:
+		ex.outcome = "client_gone"
+	case classBrokenStream:
+		ex.outcome = "broken_stream"
+	}
+}
+
+// relay passes a provider's refusal of the request to the client as it was.
+func (ex *exchange) relay(p *provider, rr *relayedResponse) {
+	ex.provider, ex.status, ex.outcome = p, rr.status, "relayed"
+	ex.setCommonHeaders(p)
+	hdr := ex.w.Header()
+	if rr.contentType != "" {
+		hdr.Set("Content-Type", rr.contentType)
+	}
+	hdr.Set("Content-Length", strconv.Itoa(len(rr.body)))
+	ex.w.WriteHeader(rr.status)
+	_, _ = ex.w.Write(rr.body)
+}
+
+// fail answers with an error of arbstr's own.
+func (ex *exchange) fail(e *apiError) {
+	ex.status, ex.outcome = e.status, "error"
+	if len(ex.records) > 0 {
+		ex.w.Header().Set(headerRetries, retriesHeader(ex.records))
+	}
+	e.write(ex.w)
+}
+
+// clientGone ends a request whose client left: nothing to write.
+func (ex *exchange) clientGone() {
+	ex.outcome = "client_gone"
+	ex.status = 499
+}
+
+// cost is the price of this request in sats, when the usage is known.
+func (ex *exchange) cost() (float64, bool) {
+	if ex.provider == nil || !ex.usage.known {
+		return 0, false
+	}
+	return ex.provider.expectedCost(ex.usage.promptTokens, ex.usage.completionTokens), true
+}
+
+// account reports the request once it is over: placeholders, access log
+// fields and metrics.
+func (ex *exchange) account() {
+	repl, _ := ex.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	providerName, model := "", ""
+	if ex.provider != nil {
+		providerName = ex.provider.name
+	}
+	if ex.facts != nil {
+		model = ex.facts.model
+	}
+	cost, costKnown := ex.cost()
+	if repl != nil {
+		repl.Set("http.arbstr.request_id", ex.requestID)
+		repl.Set("http.arbstr.provider", providerName)
+		if costKnown {
+			repl.Set("http.arbstr.cost_sats", strconv.FormatFloat(cost, 'f', 2, 64))
+		}
+	}
+	ex.logFields(providerName, model, cost, costKnown)
+	ex.h.metrics.observeRequest(ex, providerName, model, cost, costKnown)
+}
+
+// drain discards what is left of a body so the connection can be reused.
+func drain(r io.Reader) { _, _ = io.Copy(io.Discard, io.LimitReader(r, 64<<10)) }

@@ -1,0 +1,323 @@
+package arbstr
+
+import (
+	"errors"
+	"fmt"
+)
+
+// A small, strict JSON scanner. It validates and finds the byte spans of
+// values without decoding them, so that the request body can be inspected
+// in one pass and edited in place instead of being decoded and re-encoded.
+
+// jsonKind is the kind of a JSON value, from its first byte.
+type jsonKind byte
+
+const (
+	kindInvalid jsonKind = iota
+	kindObject
+	kindArray
+	kindString
+	kindNumber
+	kindBool
+	kindNull
+)
+
+func (k jsonKind) String() string {
+	return [...]string{"invalid", "object", "array", "string", "number", "boolean", "null"}[k]
+}
+
+// span is a value's position in the buffer: b[start:end].
+type span struct {
+	start, end int
+	kind       jsonKind
+}
+
+func (s span) present() bool { return s.kind != kindInvalid }
+
+var errMaxDepth = errors.New("JSON nested too deeply")
+
+const maxJSONDepth = 512
+
+type jsonScanner struct {
+	b     []byte
+	depth int
+}
+
+// syntaxError reports where the JSON broke.
+func (s *jsonScanner) syntaxError(pos int, what string) error {
+	if pos >= len(s.b) {
+		return fmt.Errorf("unexpected end of JSON input while reading %s", what)
+	}
+	return fmt.Errorf("invalid JSON at byte %d: unexpected %q while reading %s", pos, s.b[pos], what)
+}
+
+func (s *jsonScanner) skipSpace(i int) int {
+	for i < len(s.b) {
+		switch s.b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// value validates the value starting at i (no leading space) and returns its span.
+func (s *jsonScanner) value(i int) (span, error) {
+	if i >= len(s.b) {
+		return span{}, s.syntaxError(i, "a value")
+	}
+	var (
+		end  int
+		err  error
+		kind jsonKind
+	)
+	switch c := s.b[i]; {
+	case c == '{':
+		kind = kindObject
+		end, err = s.object(i, nil)
+	case c == '[':
+		kind = kindArray
+		end, err = s.array(i, nil)
+	case c == '"':
+		kind = kindString
+		end, err = s.str(i)
+	case c == '-' || (c >= '0' && c <= '9'):
+		kind = kindNumber
+		end, err = s.number(i)
+	case c == 't':
+		kind = kindBool
+		end, err = s.literal(i, "true")
+	case c == 'f':
+		kind = kindBool
+		end, err = s.literal(i, "false")
+	case c == 'n':
+		kind = kindNull
+		end, err = s.literal(i, "null")
+	default:
+		return span{}, s.syntaxError(i, "a value")
+	}
+	if err != nil {
+		return span{}, err
+	}
+	return span{i, end, kind}, nil
+}
+
+func (s *jsonScanner) literal(i int, lit string) (int, error) {
+	if len(s.b)-i < len(lit) || string(s.b[i:i+len(lit)]) != lit {
+		return 0, s.syntaxError(i, "a literal")
+	}
+	return i + len(lit), nil
+}
+
+// str validates a string starting at the quote at i and returns the index
+// after its closing quote.
+func (s *jsonScanner) str(i int) (int, error) {
+	i++
+	for i < len(s.b) {
+		c := s.b[i]
+		switch {
+		case c == '"':
+			return i + 1, nil
+		case c == '\\':
+			if i+1 >= len(s.b) {
+				return 0, s.syntaxError(i+1, "a string escape")
+			}
+			switch s.b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if len(s.b)-i < 6 || !isHex4(s.b[i+2:i+6]) {
+					return 0, s.syntaxError(i, "a \\u escape")
+				}
+				i += 6
+			default:
+				return 0, s.syntaxError(i+1, "a string escape")
+			}
+		case c < 0x20:
+			return 0, s.syntaxError(i, "a string")
+		default:
+			i++
+		}
+	}
+	return 0, s.syntaxError(i, "a string")
+}
+
+func isHex4(b []byte) bool {
+	for _, c := range b {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *jsonScanner) number(i int) (int, error) {
+	start := i
+	if s.b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(s.b) && s.b[i] == '0':
+		i++
+	case i < len(s.b) && s.b[i] >= '1' && s.b[i] <= '9':
+		i = s.digits(i)
+	default:
+		return 0, s.syntaxError(i, "a number")
+	}
+	if i < len(s.b) && s.b[i] == '.' {
+		j := s.digits(i + 1)
+		if j == i+1 {
+			return 0, s.syntaxError(j, "a number")
+		}
+		i = j
+	}
+	if i < len(s.b) && (s.b[i] == 'e' || s.b[i] == 'E') {
+		i++
+		if i < len(s.b) && (s.b[i] == '+' || s.b[i] == '-') {
+			i++
+		}
+		j := s.digits(i)
+		if j == i {
+			return 0, s.syntaxError(j, "a number")
+		}
+		i = j
+	}
+	_ = start
+	return i, nil
+}
+
+func (s *jsonScanner) digits(i int) int {
+	for i < len(s.b) && s.b[i] >= '0' && s.b[i] <= '9' {
+		i++
+	}
+	return i
+}
+
+// fieldFunc is called for each member of an object with the raw key (between
+// its quotes, escapes undecoded) and the member's value span.
+type fieldFunc func(key []byte, v span) error
+
+// object validates an object starting at i, calling fn (if not nil) for each
+// member, and returns the index after its closing brace.
+func (s *jsonScanner) object(i int, fn fieldFunc) (int, error) {
+	if s.depth++; s.depth > maxJSONDepth {
+		return 0, errMaxDepth
+	}
+	defer func() { s.depth-- }()
+	i = s.skipSpace(i + 1)
+	if i < len(s.b) && s.b[i] == '}' {
+		return i + 1, nil
+	}
+	for {
+		if i >= len(s.b) || s.b[i] != '"' {
+			return 0, s.syntaxError(i, "an object key")
+		}
+		keyEnd, err := s.str(i)
+		if err != nil {
+			return 0, err
+		}
+		key := s.b[i+1 : keyEnd-1]
+		i = s.skipSpace(keyEnd)
+		if i >= len(s.b) || s.b[i] != ':' {
+			return 0, s.syntaxError(i, "a colon")
+		}
+		v, err := s.value(s.skipSpace(i + 1))
+		if err != nil {
+			return 0, err
+		}
+		if fn != nil {
+			if err := fn(key, v); err != nil {
+				return 0, err
+			}
+		}
+		i = s.skipSpace(v.end)
+		if i >= len(s.b) {
+			return 0, s.syntaxError(i, "an object")
+		}
+		switch s.b[i] {
+		case ',':
+			i = s.skipSpace(i + 1)
+		case '}':
+			return i + 1, nil
+		default:
+			return 0, s.syntaxError(i, "an object")
+		}
+	}
+}
+
+// array validates an array starting at i, calling fn (if not nil) for each
+// element, and returns the index after its closing bracket.
+func (s *jsonScanner) array(i int, fn func(v span) error) (int, error) {
+	if s.depth++; s.depth > maxJSONDepth {
+		return 0, errMaxDepth
+	}
+	defer func() { s.depth-- }()
+	i = s.skipSpace(i + 1)
+	if i < len(s.b) && s.b[i] == ']' {
+		return i + 1, nil
+	}
+	for {
+		v, err := s.value(i)
+		if err != nil {
+			return 0, err
+		}
+		if fn != nil {
+			if err := fn(v); err != nil {
+				return 0, err
+			}
+		}
+		i = s.skipSpace(v.end)
+		if i >= len(s.b) {
+			return 0, s.syntaxError(i, "an array")
+		}
+		switch s.b[i] {
+		case ',':
+			i = s.skipSpace(i + 1)
+		case ']':
+			return i + 1, nil
+		default:
+			return 0, s.syntaxError(i, "an array")
+		}
+	}
+}
+
+// topLevelObject validates that b is exactly one JSON object (surrounding
+// space allowed) and calls fn for each of its members.
+func topLevelObject(b []byte, fn fieldFunc) (span, error) {
+	s := &jsonScanner{b: b}
+	i := s.skipSpace(0)
+	if i >= len(b) {
+		return span{}, errors.New("the body is empty; send a JSON object")
+	}
+	if b[i] != '{' {
+		v, err := s.value(i)
+		if err != nil {
+			return span{}, err
+		}
+		return span{}, fmt.Errorf("the body is a JSON %s; send a JSON object", v.kind)
+	}
+	end, err := s.object(i, fn)
+	if err != nil {
+		return span{}, err
+	}
+	if j := s.skipSpace(end); j != len(b) {
+		return span{}, s.syntaxError(j, "the end of the body")
+	}
+	return span{i, end, kindObject}, nil
+}
+
+// members calls fn for each member of an object already validated.
+func members(b []byte, obj span, fn fieldFunc) error {
+	s := &jsonScanner{b: b}
+	_, err := s.object(obj.start, fn)
+	return err
+}
+
+// elements calls fn for each element of an array already validated.
+func elements(b []byte, arr span, fn func(v span) error) error {
+	s := &jsonScanner{b: b}
+	_, err := s.array(arr.start, fn)
+	return err
+}

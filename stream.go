@@ -1,0 +1,337 @@
+package arbstr
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// maxEventSize bounds one SSE event; a provider sending more without a
+// blank line is broken, and memory per stream stays bounded.
+const maxEventSize = 4 << 20
+
+var errEventTooLarge = errors.New("SSE event larger than 4 MB")
+
+// sseEvent is one server-sent event: its data lines joined by "\n". Other
+// fields (event:, id:, comments) are not used by the OpenAI protocol.
+type sseEvent struct {
+	data    []byte
+	hasData bool
+}
+
+// sseScanner reads events from a stream, reusing its buffers.
+type sseScanner struct {
+	r    *bufio.Reader
+	data []byte
+	line []byte
+}
+
+func newSSEScanner(r io.Reader) *sseScanner {
+	return &sseScanner{r: bufio.NewReaderSize(r, 16<<10)}
+}
+
+// next returns the next event that has data. The event's data is valid
+// until the following call. At the end of the stream it returns io.EOF,
+// also when the stream ended in the middle of an event.
+func (s *sseScanner) next() (sseEvent, error) {
+	s.data = s.data[:0]
+	hasData := false
+	for {
+		line, err := s.readLine()
+		if err != nil {
+			return sseEvent{}, err
+		}
+		if len(line) == 0 {
+			if hasData {
+				return sseEvent{data: s.data, hasData: true}, nil
+			}
+			continue
+		}
+		if value, ok := fieldValue(line, "data"); ok {
+			if hasData {
+				s.data = append(s.data, '\n')
+			}
+			if len(s.data)+len(value) > maxEventSize {
+				return sseEvent{}, errEventTooLarge
+			}
+			s.data = append(s.data, value...)
+			hasData = true
+		}
+	}
+}
+
+// readLine returns a line without its ending (\n, \r\n or \r\n).
+func (s *sseScanner) readLine() ([]byte, error) {
+	line, err := s.r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		s.line = append(s.line[:0], line...)
+		for errors.Is(err, bufio.ErrBufferFull) {
+			if len(s.line) > maxEventSize {
+				return nil, errEventTooLarge
+			}
+			line, err = s.r.ReadSlice('\n')
+			s.line = append(s.line, line...)
+		}
+		line = s.line
+	}
+	if err != nil {
+		return nil, err
+	}
+	line = bytes.TrimSuffix(line[:len(line)-1], []byte{'\r'})
+	return line, nil
+}
+
+// fieldValue returns the value of an SSE field line "name: value".
+func fieldValue(line []byte, name string) ([]byte, bool) {
+	if len(line) < len(name) || string(line[:len(name)]) != name {
+		return nil, false
+	}
+	rest := line[len(name):]
+	if len(rest) == 0 {
+		return rest, true
+	}
+	if rest[0] != ':' {
+		return nil, false
+	}
+	rest = rest[1:]
+	if len(rest) > 0 && rest[0] == ' ' {
+		rest = rest[1:]
+	}
+	return rest, true
+}
+
+// chunkInfo is what arbstr needs from one streamed chunk.
+type chunkInfo struct {
+	valid     bool // a JSON object
+	isError   bool // {"error": ...}
+	finished  bool // a choice has a finish_reason
+	usage     usage
+	usageOnly bool // carries usage and no choices: the include_usage chunk
+	noChoices bool
+}
+
+var doneMarker = []byte("[DONE]")
+
+// inspectChunk reads a chunk's error, finish_reason and usage in one pass.
+func inspectChunk(data []byte) chunkInfo {
+	var info chunkInfo
+	var choices, usageSpan span
+	_, err := topLevelObject(data, func(key []byte, v span) error {
+		switch string(key) {
+		case "error":
+			info.isError = v.kind != kindNull
+		case "choices":
+			choices = v
+		case "usage":
+			usageSpan = v
+		}
+		return nil
+	})
+	if err != nil {
+		return chunkInfo{}
+	}
+	info.valid = true
+	info.noChoices = true
+	if choices.kind == kindArray {
+		_ = elements(data, choices, func(c span) error {
+			info.noChoices = false
+			if c.kind == kindObject {
+				_ = members(data, c, func(key []byte, v span) error {
+					if string(key) == "finish_reason" && v.kind == kindString {
+						info.finished = true
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+	}
+	if usageSpan.kind == kindObject {
+		info.usage = usageFrom(data, usageSpan)
+		info.usageOnly = info.noChoices
+	}
+	return info
+}
+
+// streamDelivery is the streaming delivery: hold everything back until the
+// first good data event (the commit gate), then pump events live.
+type streamDelivery struct{}
+
+func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
+	sc := newSSEScanner(resp.Body)
+	first, info, res, ok := awaitFirstEvent(ex, at, sc, resp.StatusCode)
+	if !ok {
+		return res
+	}
+	// The gate: a timer that already fired has cancelled this attempt.
+	if !at.timer.Stop() {
+		return attemptResult{class: classifyError(at.ctx, ex.r.Context(), errAttemptCancelled), status: resp.StatusCode}
+	}
+	ex.h.metrics.observeFirstEvent(at.provider.name, time.Since(at.start))
+	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
+	ex.commitStream(at.provider, resp.StatusCode)
+	return p.run(first, info)
+}
+
+var errAttemptCancelled = errors.New("attempt cancelled")
+
+// awaitFirstEvent reads until the first data event that is good JSON and
+// not an error. Anything else before it is a failure of this attempt.
+func awaitFirstEvent(ex *exchange, at *attempt, sc *sseScanner, status int) ([]byte, chunkInfo, attemptResult, bool) {
+	for {
+		ev, err := sc.next()
+		if err != nil {
+			class := classifyError(at.ctx, ex.r.Context(), err)
+			if class == classNone {
+				class = classConnection
+			}
+			return nil, chunkInfo{}, attemptResult{class: class, status: status, err: err}, false
+		}
+		if bytes.Equal(ev.data, doneMarker) {
+			return nil, chunkInfo{}, attemptResult{class: classConnection, status: status,
+				err: errors.New("stream ended before its first event")}, false
+		}
+		info := inspectChunk(ev.data)
+		switch {
+		case !info.valid:
+			continue // malformed events are dropped, before commit as after
+		case info.isError:
+			return nil, chunkInfo{}, attemptResult{class: classInBand, status: status,
+				err: errors.New("in-band error event")}, false
+		}
+		return bytes.Clone(ev.data), info, attemptResult{}, true
+	}
+}
+
+// pump copies a committed stream to the client, event by event.
+type pump struct {
+	ex       *exchange
+	at       *attempt
+	sc       *sseScanner
+	rc       *http.ResponseController
+	finished bool
+	out      []byte
+}
+
+func (p *pump) run(first []byte, info chunkInfo) attemptResult {
+	idle := time.Duration(p.ex.h.StreamIdleTimeout)
+	idleTimer := time.AfterFunc(idle, func() { p.at.cancel(errStreamIdle) })
+	defer idleTimer.Stop()
+	data := first
+	for {
+		if res, done := p.forward(data, info); done {
+			return res
+		}
+		ev, err := p.sc.next()
+		if err != nil {
+			return p.end(err)
+		}
+		idleTimer.Reset(idle)
+		if bytes.Equal(ev.data, doneMarker) {
+			return p.done()
+		}
+		data = ev.data
+		info = inspectChunk(data)
+	}
+}
+
+// forward writes one event unless it is to be hidden or dropped. done means
+// the stream is over (the client left, or the event was an error).
+func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
+	if !info.valid {
+		return attemptResult{}, false
+	}
+	if info.usage.known {
+		p.ex.usage = info.usage
+		if info.usageOnly && p.ex.injectUsage {
+			return attemptResult{}, false
+		}
+	}
+	if info.finished {
+		p.finished = true
+	}
+	if !p.write(data) {
+		return p.clientGone(), true
+	}
+	if info.isError {
+		p.abort()
+		return attemptResult{class: classBrokenStream, committed: true, err: errors.New("provider sent an error event after commit")}, true
+	}
+	return attemptResult{}, false
+}
+
+// write sends one data event and flushes it.
+func (p *pump) write(data []byte) bool {
+	p.out = append(p.out[:0], "data: "...)
+	if bytes.IndexByte(data, '\n') < 0 {
+		p.out = append(p.out, data...)
+	} else {
+		p.out = append(p.out, bytes.ReplaceAll(data, []byte("\n"), []byte("\ndata: "))...)
+	}
+	p.out = append(p.out, "\n\n"...)
+	if _, err := p.ex.w.Write(p.out); err != nil {
+		return false
+	}
+	return p.rc.Flush() == nil
+}
+
+// done ends a complete stream: the cost as an SSE comment and trailer, then [DONE].
+func (p *pump) done() attemptResult {
+	if cost, ok := p.ex.cost(); ok {
+		c := strconv.FormatFloat(cost, 'f', 2, 64)
+		p.ex.w.Header().Set(http.TrailerPrefix+headerCost, c)
+		_, _ = fmt.Fprintf(p.ex.w, ": %s: %s\n\n", headerCost, c)
+	}
+	if !p.write(doneMarker) {
+		return p.clientGone()
+	}
+	return attemptResult{class: classNone, committed: true}
+}
+
+// end handles the end of the upstream body without [DONE].
+func (p *pump) end(err error) attemptResult {
+	class := classifyError(p.at.ctx, p.ex.r.Context(), err)
+	switch {
+	case class == classClientGone:
+		return p.clientGone()
+	case errors.Is(err, io.EOF) && class == classNone && p.finished:
+		return p.done() // finished cleanly, only [DONE] was missing
+	}
+	msg := "the provider's stream broke before the answer was complete"
+	if class == classBrokenStream {
+		msg = fmt.Sprintf("the provider sent nothing for %s (stream_idle_timeout); the answer is incomplete", time.Duration(p.ex.h.StreamIdleTimeout))
+	} else if errors.Is(err, io.EOF) {
+		msg = "the provider ended the stream before the answer was complete (no finish_reason)"
+	}
+	e := &apiError{message: msg, errType: "server_error", code: "stream_broken"}
+	p.write(e.body())
+	p.abort()
+	return attemptResult{class: classBrokenStream, committed: true, err: err}
+}
+
+func (p *pump) clientGone() attemptResult {
+	p.at.cancel(errors.New("client gone"))
+	return attemptResult{class: classClientGone, committed: true}
+}
+
+// abort marks the response to be cut rather than ended cleanly, so that no
+// client can take a truncated answer for a complete one.
+func (p *pump) abort() { p.ex.aborted = true }
+
+// commitStream writes the head of a streaming response.
+func (ex *exchange) commitStream(p *provider, status int) {
+	ex.provider, ex.status, ex.committed, ex.outcome = p, status, true, "ok"
+	ex.setCommonHeaders(p)
+	hdr := ex.w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache, no-transform")
+	hdr.Set("X-Accel-Buffering", "no")
+	hdr.Set(headerStreaming, "true")
+	hdr.Del("Content-Length")
+	ex.w.WriteHeader(status)
+}
