@@ -298,24 +298,17 @@ type delivery interface {
 // runPlan is the attempt planner, one for both paths: for each candidate,
 // for each try, send, classify, then retry, move on or stop.
 func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
-	fallbacks := 0
-	for i, p := range candidates {
-		if i > 0 {
-			if h.retry.fallbacks >= 0 && fallbacks >= h.retry.fallbacks {
-				break
-			}
+	tried := 0
+	for _, p := range candidates {
+		if tried > 0 && h.retry.fallbacks >= 0 && tried > h.retry.fallbacks {
+			break
 		}
 		t, ok := h.health.begin(p, ex.facts.model)
 		if !ok {
 			continue // open or being probed by another request: never wait on it
 		}
-		if i > 0 {
-			fallbacks++
-		}
-		switch h.tryProvider(ex, p, t, d) {
-		case nextProvider:
-			continue
-		default:
+		tried++
+		if h.tryProvider(ex, p, t, d) != nextProvider {
 			return
 		}
 	}

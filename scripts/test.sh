@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"); .ci/run runs it too.
+# Unit and integration tests (in-process Caddy on free ports of 127.0.0.1)
+# under the race detector, short runs of every fuzz target, then the
+# end-to-end tests that drive the built binary with the official SDKs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZTIME=${FUZZTIME:-10s}
+
+echo "== go vet"
+go vet ./...
+
+echo "== unit and integration tests (-race)"
+go test -race -count=1 ./...
+
+echo "== fuzz targets, $FUZZTIME each"
+for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | sed 's/^func //' | sort); do
+	echo "-- $target"
+	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" .
+done
+
+if [ -x e2e/run.sh ]; then
+	echo "== end-to-end tests"
+	e2e/run.sh
+fi

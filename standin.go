@@ -1,0 +1,872 @@
+package arbstr
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(new(Standin))
+	httpcaddyfile.RegisterHandlerDirective("arbstr_standin", standinParseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("arbstr_standin", httpcaddyfile.Before, "respond")
+}
+
+// Fault names accepted by Standin.Fault.
+const (
+	standinFaultReset      = "reset"
+	standinFaultHang       = "hang"
+	standinFaultErrorEvent = "error_event"
+	standinFaultCut        = "cut"
+	standinFaultStall      = "stall"
+	standinFaultMalformed  = "malformed"
+	standinFaultNoDone     = "no_done"
+	standinFaultNoFinish   = "no_finish"
+)
+
+var standinFaults = []string{
+	standinFaultReset, standinFaultHang, standinFaultErrorEvent, standinFaultCut,
+	standinFaultStall, standinFaultMalformed, standinFaultNoDone, standinFaultNoFinish,
+}
+
+// standinFaultAfterFaults are the faults that fire part-way through a stream.
+var standinFaultAfterFaults = []string{standinFaultCut, standinFaultStall, standinFaultMalformed}
+
+const (
+	standinMaxBodyBytes     = 32 << 20
+	standinDefaultModel     = "standin"
+	standinDefaultFaultAt   = 1
+	standinMalformedPayload = `{"choices":[{"delta":{"content":`
+	standinErrorEventData   = `{"error":{"message":"stand-in in-band error","type":"server_error","param":null,"code":"standin_error"}}`
+)
+
+// Standin is a fake OpenAI-compatible LLM provider. It answers
+// POST .../chat/completions (streaming and not), GET .../models and
+// GET/DELETE .../standin/requests, and can inject latency, error statuses and
+// transport or stream faults. It is meant for demos, tests and benchmarks of
+// the arbstr router, never for production traffic.
+type Standin struct {
+	// Name identifies this stand-in: it is sent in the x-standin-name response
+	// header and used in the default answer.
+	Name string `json:"name,omitempty"`
+
+	// Models lists the model ids returned by GET .../models.
+	// Default: ["standin"].
+	Models []string `json:"models,omitempty"`
+
+	// Answer is the assistant reply text. Default: "Hello from <name>."
+	// (or "Hello from standin." without a name).
+	Answer string `json:"answer,omitempty"`
+
+	// Events is the exact number of content chunks sent when streaming,
+	// cycling through the answer's words. Default (0): one chunk per word.
+	// It also sets completion_tokens and the non-streaming content.
+	Events int `json:"events,omitempty"`
+
+	// Latency is waited before the response headers of a chat request
+	// (non-streaming: before the whole answer).
+	Latency caddy.Duration `json:"latency,omitempty"`
+
+	// FirstToken is waited, when streaming, after the response headers and
+	// before the first event.
+	FirstToken caddy.Duration `json:"first_token,omitempty"`
+
+	// Pace is waited, when streaming, between two consecutive events.
+	Pace caddy.Duration `json:"pace,omitempty"`
+
+	// FailStatus, if set (400..599), makes chat requests fail with this status
+	// and an OpenAI-style error body. Mutually exclusive with Fault.
+	FailStatus int `json:"fail_status,omitempty"`
+
+	// RetryAfter, with FailStatus, sends a Retry-After header in whole
+	// seconds, rounded up.
+	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+
+	// RetryAfterMs, with FailStatus, sends a retry-after-ms header with this
+	// number of milliseconds.
+	RetryAfterMs int `json:"retry_after_ms,omitempty"`
+
+	// FailFirst limits FailStatus or Fault to the first N chat requests
+	// (counted since start or the last DELETE .../standin/requests); later
+	// requests are healthy. 0 means every request fails.
+	FailFirst int `json:"fail_first,omitempty"`
+
+	// Fault injects a failure into chat requests. One of: reset (connection
+	// reset before any response), hang (never answer), error_event (in-band
+	// SSE error event; 500 when not streaming), cut (abort the connection
+	// mid-stream or mid-body), stall (stop mid-stream and wait; hang when not
+	// streaming), malformed (one broken JSON event mid-stream), no_done (no
+	// final [DONE]), no_finish (neither finish_reason chunk nor [DONE]).
+	// Stream-only faults answer normally to non-streaming requests.
+	Fault string `json:"fault,omitempty"`
+
+	// FaultAfter is the number of content events sent before the cut, stall
+	// or malformed fault fires. Default: 1.
+	FaultAfter *int `json:"fault_after,omitempty"`
+
+	requests      atomic.Int64
+	completionSeq atomic.Int64
+	created       int64
+	pieces        []string
+	answerText    string
+	answerTokens  int
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Standin) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.arbstr_standin",
+		New: func() caddy.Module { return new(Standin) },
+	}
+}
+
+// Provision fills in defaults and precomputes the answer. It does not use
+// ctx, so a zero caddy.Context is fine in tests.
+func (s *Standin) Provision(_ caddy.Context) error {
+	if len(s.Models) == 0 {
+		s.Models = []string{standinDefaultModel}
+	}
+	if s.Answer == "" {
+		s.Answer = "Hello from " + s.displayName() + "."
+	}
+	s.created = time.Now().Unix()
+	s.pieces = standinContentPieces(s.Answer, s.Events)
+	s.answerText = strings.Join(s.pieces, "")
+	s.answerTokens = len(strings.Fields(s.Answer))
+	if s.Events > 0 {
+		s.answerTokens = s.Events
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (s *Standin) Validate() error {
+	if s.Fault != "" && !slices.Contains(standinFaults, s.Fault) {
+		return fmt.Errorf("arbstr_standin: unknown fault %q, allowed: %s", s.Fault, strings.Join(standinFaults, ", "))
+	}
+	if err := s.validateDurations(); err != nil {
+		return err
+	}
+	if err := s.validateCounts(); err != nil {
+		return err
+	}
+	return s.validateCombinations()
+}
+
+func (s *Standin) validateDurations() error {
+	durations := []struct {
+		name  string
+		value caddy.Duration
+	}{{"latency", s.Latency}, {"first_token", s.FirstToken}, {"pace", s.Pace}, {"retry_after", s.RetryAfter}}
+	for _, d := range durations {
+		if d.value < 0 {
+			return fmt.Errorf("arbstr_standin: %s must not be negative, got %s", d.name, time.Duration(d.value))
+		}
+	}
+	return nil
+}
+
+func (s *Standin) validateCounts() error {
+	if s.FailStatus != 0 && (s.FailStatus < 400 || s.FailStatus > 599) {
+		return fmt.Errorf("arbstr_standin: fail_status must be in 400..599, got %d", s.FailStatus)
+	}
+	counts := []struct {
+		name  string
+		value int
+	}{{"events", s.Events}, {"retry_after_ms", s.RetryAfterMs}, {"fail_first", s.FailFirst}, {"fault_after", s.faultAfter()}}
+	for _, c := range counts {
+		if c.value < 0 {
+			return fmt.Errorf("arbstr_standin: %s must not be negative, got %d", c.name, c.value)
+		}
+	}
+	return nil
+}
+
+func (s *Standin) validateCombinations() error {
+	switch {
+	case s.FailStatus != 0 && s.Fault != "":
+		return errors.New("arbstr_standin: fail_status and fault are mutually exclusive")
+	case (s.RetryAfter != 0 || s.RetryAfterMs != 0) && s.FailStatus == 0:
+		return errors.New("arbstr_standin: retry_after and retry_after_ms need fail_status")
+	case s.FailFirst != 0 && s.FailStatus == 0 && s.Fault == "":
+		return errors.New("arbstr_standin: fail_first needs fail_status or fault")
+	case s.FaultAfter != nil && !slices.Contains(standinFaultAfterFaults, s.Fault):
+		return fmt.Errorf("arbstr_standin: fault_after only applies to faults %s", strings.Join(standinFaultAfterFaults, ", "))
+	}
+	return nil
+}
+
+func (s *Standin) displayName() string {
+	if s.Name != "" {
+		return s.Name
+	}
+	return standinDefaultModel
+}
+
+func (s *Standin) faultAfter() int {
+	if s.FaultAfter == nil {
+		return standinDefaultFaultAt
+	}
+	return *s.FaultAfter
+}
+
+// ServeHTTP answers every request itself (it never calls next): chat
+// completions, the model list, the request counter, or a 404.
+func (s *Standin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if s.Name != "" {
+		w.Header().Set("X-Standin-Name", s.Name)
+	}
+	path := r.URL.Path
+	switch {
+	case strings.HasSuffix(path, "/chat/completions"):
+		return s.serveChat(w, r)
+	case strings.HasSuffix(path, "/standin/requests"):
+		return s.serveRequestCount(w, r)
+	case strings.HasSuffix(path, "/models"):
+		return s.serveModels(w, r)
+	}
+	return standinWriteError(w, http.StatusNotFound, "invalid_request_error", "unknown_url",
+		fmt.Sprintf("Unknown request URL: %s %s", r.Method, path))
+}
+
+func (s *Standin) serveModels(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return standinMethodNotAllowed(w, http.MethodGet)
+	}
+	data := make([]standinModel, 0, len(s.Models))
+	for _, id := range s.Models {
+		data = append(data, standinModel{ID: id, Object: "model", Created: s.created, OwnedBy: "arbstr-standin"})
+	}
+	return standinWriteJSON(w, http.StatusOK, standinModelList{Object: "list", Data: data})
+}
+
+func (s *Standin) serveRequestCount(w http.ResponseWriter, r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet:
+	case http.MethodDelete:
+		s.requests.Store(0)
+	default:
+		return standinMethodNotAllowed(w, "GET, DELETE")
+	}
+	return standinWriteJSON(w, http.StatusOK, map[string]int64{"requests": s.requests.Load()})
+}
+
+func (s *Standin) serveChat(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return standinMethodNotAllowed(w, http.MethodPost)
+	}
+	n := s.requests.Add(1)
+	req, status, err := standinReadChatRequest(w, r)
+	if err != nil {
+		return standinWriteError(w, status, "invalid_request_error", "invalid_body", err.Error())
+	}
+	ex := s.newExchange(w, r, req)
+	if !standinWait(r.Context(), time.Duration(s.Latency)) {
+		return nil
+	}
+	if !s.failsRequest(n) {
+		return ex.serveHealthy()
+	}
+	if s.FailStatus != 0 {
+		return ex.serveFailStatus()
+	}
+	return ex.serveFault()
+}
+
+// failsRequest tells whether the n-th chat request (1-based) gets the
+// configured fail_status or fault.
+func (s *Standin) failsRequest(n int64) bool {
+	if s.FailStatus == 0 && s.Fault == "" {
+		return false
+	}
+	return s.FailFirst == 0 || n <= int64(s.FailFirst)
+}
+
+func (s *Standin) newExchange(w http.ResponseWriter, r *http.Request, req standinChatRequest) *standinExchange {
+	model := req.Model
+	if model == "" {
+		model = s.Models[0]
+	}
+	prompt := max(1, req.promptBytes()/4)
+	return &standinExchange{
+		s:      s,
+		w:      w,
+		ctx:    r.Context(),
+		rc:     http.NewResponseController(w),
+		req:    req,
+		id:     "chatcmpl-standin-" + strconv.FormatInt(s.completionSeq.Add(1), 10),
+		model:  model,
+		now:    time.Now().Unix(),
+		usage:  standinUsage{PromptTokens: prompt, CompletionTokens: s.answerTokens, TotalTokens: prompt + s.answerTokens},
+		faultN: min(s.faultAfter(), len(s.pieces)),
+	}
+}
+
+// standinExchange is one chat completion request being answered.
+type standinExchange struct {
+	s      *Standin
+	w      http.ResponseWriter
+	ctx    context.Context
+	rc     *http.ResponseController
+	req    standinChatRequest
+	id     string
+	model  string
+	now    int64
+	usage  standinUsage
+	faultN int   // content events sent before a mid-stream fault fires
+	sent   int   // SSE events written so far
+	err    error // first streaming failure; later sends are skipped
+}
+
+func (ex *standinExchange) serveHealthy() error {
+	if ex.req.Stream {
+		return ex.stream("")
+	}
+	return ex.writeCompletion()
+}
+
+func (ex *standinExchange) serveFailStatus() error {
+	s := ex.s
+	h := ex.w.Header()
+	if s.RetryAfter > 0 {
+		secs := (time.Duration(s.RetryAfter) + time.Second - 1) / time.Second
+		h.Set("Retry-After", strconv.FormatInt(int64(secs), 10))
+	}
+	if s.RetryAfterMs > 0 {
+		h.Set("Retry-After-Ms", strconv.Itoa(s.RetryAfterMs))
+	}
+	errType, code := standinErrorKind(s.FailStatus)
+	msg := fmt.Sprintf("stand-in %s is configured to fail with status %d", s.displayName(), s.FailStatus)
+	return standinWriteError(ex.w, s.FailStatus, errType, code, msg)
+}
+
+func (ex *standinExchange) serveFault() error {
+	fault := ex.s.Fault
+	switch {
+	case fault == standinFaultReset:
+		return ex.resetConnection()
+	case fault == standinFaultHang, fault == standinFaultStall && !ex.req.Stream:
+		<-ex.ctx.Done()
+		return nil
+	case fault == standinFaultErrorEvent && ex.req.Stream:
+		return ex.streamErrorEvent()
+	case fault == standinFaultErrorEvent:
+		return standinWriteError(ex.w, http.StatusInternalServerError, "server_error", "standin_error", "stand-in internal error")
+	case fault == standinFaultCut && !ex.req.Stream:
+		return ex.cutCompletion()
+	case ex.req.Stream:
+		return ex.stream(fault)
+	}
+	return ex.writeCompletion()
+}
+
+func (ex *standinExchange) writeCompletion() error {
+	return standinWriteJSON(ex.w, http.StatusOK, ex.completion())
+}
+
+func (ex *standinExchange) completion() standinCompletion {
+	return standinCompletion{
+		ID:      ex.id,
+		Object:  "chat.completion",
+		Created: ex.now,
+		Model:   ex.model,
+		Choices: []standinCompletionChoice{{
+			Message:      standinMessageOut{Role: "assistant", Content: ex.s.answerText},
+			FinishReason: "stop",
+		}},
+		Usage: ex.usage,
+	}
+}
+
+// cutCompletion sends the headers and half of the JSON body, then aborts the
+// connection.
+func (ex *standinExchange) cutCompletion() error {
+	body, err := json.Marshal(ex.completion())
+	if err != nil {
+		return err
+	}
+	ex.w.Header().Set("Content-Type", "application/json")
+	ex.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	ex.w.WriteHeader(http.StatusOK)
+	_, _ = ex.w.Write(body[:len(body)/2])
+	standinAbort(ex.rc)
+	return nil
+}
+
+// resetConnection closes the TCP connection with SO_LINGER 0 so that the
+// client sees a reset, without any response.
+func (ex *standinExchange) resetConnection() error {
+	conn, _, err := ex.rc.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	standinSetNoLinger(conn)
+	return conn.Close()
+}
+
+func (ex *standinExchange) streamErrorEvent() error {
+	ex.startStream()
+	ex.sendData(standinErrorEventData)
+	return nil
+}
+
+// stream sends a whole SSE chat completion stream, with the given fault
+// ("" for none) injected.
+func (ex *standinExchange) stream(fault string) error {
+	ex.startStream()
+	ex.sendChunk(standinDelta{Role: "assistant", Content: new(string)}, nil)
+	for i := 0; i <= len(ex.s.pieces) && ex.err == nil; i++ {
+		if i == ex.faultN && ex.midStreamFault(fault) {
+			return nil
+		}
+		if i < len(ex.s.pieces) {
+			ex.sendChunk(standinDelta{Content: &ex.s.pieces[i]}, nil)
+		}
+	}
+	if fault == standinFaultNoFinish {
+		return nil
+	}
+	stop := "stop"
+	ex.sendChunk(standinDelta{}, &stop)
+	if ex.req.includeUsage() {
+		ex.sendUsage()
+	}
+	if fault != standinFaultNoDone {
+		ex.sendData("[DONE]")
+	}
+	return nil
+}
+
+// midStreamFault applies a cut, stall or malformed fault and tells whether
+// the stream must end here.
+func (ex *standinExchange) midStreamFault(fault string) (stop bool) {
+	switch fault {
+	case standinFaultCut:
+		standinAbort(ex.rc)
+	case standinFaultStall:
+		<-ex.ctx.Done()
+		return true
+	case standinFaultMalformed:
+		ex.sendData(standinMalformedPayload)
+	}
+	return false
+}
+
+func (ex *standinExchange) startStream() {
+	h := ex.w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	ex.w.WriteHeader(http.StatusOK)
+	ex.err = ex.rc.Flush()
+}
+
+func (ex *standinExchange) sendChunk(delta standinDelta, finishReason *string) {
+	ex.sendJSON(standinChunk{
+		ID:      ex.id,
+		Object:  "chat.completion.chunk",
+		Created: ex.now,
+		Model:   ex.model,
+		Choices: []standinChunkChoice{{Delta: delta, FinishReason: finishReason}},
+	})
+}
+
+func (ex *standinExchange) sendUsage() {
+	ex.sendJSON(standinChunk{
+		ID:      ex.id,
+		Object:  "chat.completion.chunk",
+		Created: ex.now,
+		Model:   ex.model,
+		Choices: []standinChunkChoice{},
+		Usage:   &ex.usage,
+	})
+}
+
+func (ex *standinExchange) sendJSON(v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		ex.err = err
+		return
+	}
+	ex.sendData(string(data))
+}
+
+// sendData waits first_token (first event) or pace (later events), then
+// writes and flushes one "data:" event. After a failure it does nothing.
+func (ex *standinExchange) sendData(data string) {
+	if ex.err != nil {
+		return
+	}
+	wait := ex.s.Pace
+	if ex.sent == 0 {
+		wait = ex.s.FirstToken
+	}
+	if !standinWait(ex.ctx, time.Duration(wait)) {
+		ex.err = ex.ctx.Err()
+		return
+	}
+	ex.sent++
+	if _, err := fmt.Fprintf(ex.w, "data: %s\n\n", data); err != nil {
+		ex.err = err
+		return
+	}
+	ex.err = ex.rc.Flush()
+}
+
+// standinAbort flushes what was written so far, then aborts the connection
+// (net/http and Caddy close it without logging a panic).
+func standinAbort(rc *http.ResponseController) {
+	_ = rc.Flush()
+	panic(http.ErrAbortHandler)
+}
+
+// standinSetNoLinger sets SO_LINGER 0 on the TCP connection under conn (also
+// through TLS), so that Close sends a RST.
+func standinSetNoLinger(conn net.Conn) {
+	for {
+		switch c := conn.(type) {
+		case *net.TCPConn:
+			_ = c.SetLinger(0)
+			return
+		case interface{ NetConn() net.Conn }:
+			conn = c.NetConn()
+		default:
+			return
+		}
+	}
+}
+
+// standinWait waits d or until ctx is done; it reports whether ctx is still
+// alive.
+func standinWait(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// standinContentPieces splits answer into words that keep their leading
+// whitespace (so that joining them gives answer back). With events > 0 it
+// returns exactly events pieces, cycling the words.
+func standinContentPieces(answer string, events int) []string {
+	words := standinSplitWords(answer)
+	if events <= 0 {
+		return words
+	}
+	pieces := make([]string, events)
+	for i := range pieces {
+		p := words[i%len(words)]
+		if i >= len(words) && strings.TrimLeftFunc(p, unicode.IsSpace) == p {
+			p = " " + p // keep words apart when wrapping around
+		}
+		pieces[i] = p
+	}
+	return pieces
+}
+
+func standinSplitWords(answer string) []string {
+	var words []string
+	start, prevSpace := 0, true
+	for i, r := range answer {
+		space := unicode.IsSpace(r)
+		if space && !prevSpace {
+			words = append(words, answer[start:i])
+			start = i
+		}
+		prevSpace = space
+	}
+	rest := answer[start:]
+	if strings.TrimSpace(rest) == "" && len(words) > 0 {
+		words[len(words)-1] += rest
+		return words
+	}
+	return append(words, rest)
+}
+
+func standinReadChatRequest(w http.ResponseWriter, r *http.Request) (standinChatRequest, int, error) {
+	var req standinChatRequest
+	body := http.MaxBytesReader(w, r.Body, standinMaxBodyBytes)
+	err := json.NewDecoder(body).Decode(&req)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return req, http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", tooLarge.Limit)
+	case err != nil:
+		return req, http.StatusBadRequest, fmt.Errorf("invalid JSON body: %v", err)
+	}
+	// Read to EOF so that net/http watches the connection and cancels the
+	// request context when the client goes away.
+	_, _ = io.Copy(io.Discard, body)
+	return req, 0, nil
+}
+
+// standinErrorKind gives the OpenAI error type and code for a status.
+func standinErrorKind(status int) (errType, code string) {
+	switch {
+	case status == http.StatusTooManyRequests:
+		return "requests", "rate_limit_exceeded"
+	case status == http.StatusUnauthorized:
+		return "invalid_request_error", "invalid_api_key"
+	case status >= 500:
+		return "server_error", "standin_fail_status"
+	}
+	return "invalid_request_error", "standin_fail_status"
+}
+
+func standinMethodNotAllowed(w http.ResponseWriter, allow string) error {
+	w.Header().Set("Allow", allow)
+	return standinWriteError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed",
+		"method not allowed, use "+allow)
+}
+
+func standinWriteError(w http.ResponseWriter, status int, errType, code, message string) error {
+	return standinWriteJSON(w, status, standinErrorResponse{Error: standinErrorBody{
+		Message: message, Type: errType, Code: code,
+	}})
+}
+
+func standinWriteJSON(w http.ResponseWriter, status int, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	return nil
+}
+
+// standinChatRequest holds the fields of a chat completion request that the
+// stand-in looks at.
+type standinChatRequest struct {
+	Model         string `json:"model"`
+	Stream        bool   `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+	Messages []struct {
+		Content json.RawMessage `json:"content"`
+	} `json:"messages"`
+}
+
+func (req standinChatRequest) includeUsage() bool {
+	return req.StreamOptions != nil && req.StreamOptions.IncludeUsage
+}
+
+// promptBytes counts the bytes of message text (string contents and the
+// text of content parts).
+func (req standinChatRequest) promptBytes() int {
+	n := 0
+	for _, m := range req.Messages {
+		var text string
+		if json.Unmarshal(m.Content, &text) == nil {
+			n += len(text)
+			continue
+		}
+		var parts []struct {
+			Text string `json:"text"`
+		}
+		if json.Unmarshal(m.Content, &parts) == nil {
+			for _, p := range parts {
+				n += len(p.Text)
+			}
+		}
+	}
+	return n
+}
+
+type standinUsage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+type standinMessageOut struct {
+	Role    string  `json:"role"`
+	Content string  `json:"content"`
+	Refusal *string `json:"refusal"`
+}
+
+type standinCompletionChoice struct {
+	Index        int               `json:"index"`
+	Message      standinMessageOut `json:"message"`
+	Logprobs     *struct{}         `json:"logprobs"`
+	FinishReason string            `json:"finish_reason"`
+}
+
+type standinCompletion struct {
+	ID      string                    `json:"id"`
+	Object  string                    `json:"object"`
+	Created int64                     `json:"created"`
+	Model   string                    `json:"model"`
+	Choices []standinCompletionChoice `json:"choices"`
+	Usage   standinUsage              `json:"usage"`
+}
+
+type standinDelta struct {
+	Role    string  `json:"role,omitempty"`
+	Content *string `json:"content,omitempty"`
+}
+
+type standinChunkChoice struct {
+	Index        int          `json:"index"`
+	Delta        standinDelta `json:"delta"`
+	Logprobs     *struct{}    `json:"logprobs"`
+	FinishReason *string      `json:"finish_reason"`
+}
+
+type standinChunk struct {
+	ID      string               `json:"id"`
+	Object  string               `json:"object"`
+	Created int64                `json:"created"`
+	Model   string               `json:"model"`
+	Choices []standinChunkChoice `json:"choices"`
+	Usage   *standinUsage        `json:"usage,omitempty"`
+}
+
+type standinModel struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+type standinModelList struct {
+	Object string         `json:"object"`
+	Data   []standinModel `json:"data"`
+}
+
+type standinErrorBody struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    string  `json:"code"`
+}
+
+type standinErrorResponse struct {
+	Error standinErrorBody `json:"error"`
+}
+
+func standinParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	s := new(Standin)
+	err := s.UnmarshalCaddyfile(h.Dispenser)
+	return s, err
+}
+
+// UnmarshalCaddyfile sets up the stand-in from Caddyfile tokens. Syntax:
+//
+//	arbstr_standin {
+//		name           <name>
+//		models         <id...>
+//		answer         <text>
+//		events         <n>
+//		latency        <duration>
+//		first_token    <duration>
+//		pace           <duration>
+//		fail_status    <400..599>
+//		retry_after    <duration>
+//		retry_after_ms <milliseconds>
+//		fail_first     <n>
+//		fault          reset|hang|error_event|cut|stall|malformed|no_done|no_finish
+//		fault_after    <n>
+//	}
+//
+// The block is optional: a bare `arbstr_standin` answers "Hello from standin."
+// for model "standin".
+func (s *Standin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		if err := s.unmarshalSubdirective(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Standin) unmarshalSubdirective(d *caddyfile.Dispenser) error {
+	name := d.Val()
+	if name == "models" {
+		s.Models = d.RemainingArgs()
+		if len(s.Models) == 0 {
+			return d.ArgErr()
+		}
+		return nil
+	}
+	var arg string
+	if !d.AllArgs(&arg) {
+		return d.ArgErr()
+	}
+	var err error
+	switch name {
+	case "name":
+		s.Name = arg
+	case "answer":
+		s.Answer = arg
+	case "fault":
+		s.Fault = arg
+	case "events":
+		s.Events, err = strconv.Atoi(arg)
+	case "fail_status":
+		s.FailStatus, err = strconv.Atoi(arg)
+	case "retry_after_ms":
+		s.RetryAfterMs, err = strconv.Atoi(arg)
+	case "fail_first":
+		s.FailFirst, err = strconv.Atoi(arg)
+	case "fault_after":
+		s.FaultAfter = new(int)
+		*s.FaultAfter, err = strconv.Atoi(arg)
+	case "latency":
+		err = standinParseDuration(arg, &s.Latency)
+	case "first_token":
+		err = standinParseDuration(arg, &s.FirstToken)
+	case "pace":
+		err = standinParseDuration(arg, &s.Pace)
+	case "retry_after":
+		err = standinParseDuration(arg, &s.RetryAfter)
+	default:
+		return d.Errf("unrecognized arbstr_standin subdirective %q", name)
+	}
+	if err != nil {
+		return d.Errf("%s: %v", name, err)
+	}
+	return nil
+}
+
+func standinParseDuration(arg string, dst *caddy.Duration) error {
+	d, err := caddy.ParseDuration(arg)
+	*dst = caddy.Duration(d)
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Standin)(nil)
+	_ caddy.Validator             = (*Standin)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Standin)(nil)
+	_ caddyfile.Unmarshaler       = (*Standin)(nil)
+)
