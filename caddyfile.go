@@ -134,7 +134,7 @@ func (p *Provider) parseOption(d *caddyfile.Dispenser) error {
 			return err
 		}
 		u, perr := url.Parse(v)
-		if perr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if perr != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 			return d.Errf("provider %q: url %q is not an http(s) URL; write it like https://host/v1", p.Name, v)
 		}
 		p.URL = v

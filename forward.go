@@ -3,6 +3,7 @@ package arbstr
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"time"
@@ -104,12 +105,12 @@ func readAllBounded(r io.Reader, sizeHint int64, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if n > limit {
-		return nil, errResponseTooLarge
+		return nil, errTooLarge
 	}
 	return buf.Bytes(), nil
 }
 
-var errResponseTooLarge = io.ErrShortBuffer
+var errTooLarge = errors.New("body larger than the limit")
 
 // bufferedDelivery is the non-streaming delivery: read the whole answer,
 // then write it byte for byte.

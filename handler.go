@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -32,6 +31,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case strings.HasSuffix(path, "/chat/completions"):
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
+			w.Header().Set(headerRequestID, newRequestID()) // SPEC §6: on every error of arbstr's own
 			errMethodNotAllowed(r.Method, "POST").write(w)
 			return nil
 		}
@@ -40,6 +40,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case strings.HasSuffix(path, "/models"):
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
+			w.Header().Set(headerRequestID, newRequestID())
 			errMethodNotAllowed(r.Method, "GET").write(w)
 			return nil
 		}
@@ -90,6 +91,12 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 
 	body, apiErr := readRequestBody(w, r, h.MaxBody)
 	if apiErr != nil {
+		if apiErr.status == http.StatusRequestEntityTooLarge {
+			// Close instead of letting net/http drain up to 256 KB of the
+			// unread body before the 413 goes out (Caddy wraps the body,
+			// which defeats net/http's own too-large check).
+			w.Header().Set("Connection", "close")
+		}
 		ex.fail(apiErr)
 		return
 	}
@@ -125,7 +132,7 @@ func readRequestBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byt
 	}
 	body, err := readAllBounded(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
 	if err != nil {
-		if _, ok := err.(*http.MaxBytesError); ok || err == errResponseTooLarge {
+		if _, ok := err.(*http.MaxBytesError); ok || err == errTooLarge {
 			return nil, errBodyTooLarge(limit)
 		}
 		return nil, errInvalidRequest("", "the request body could not be read: %v", err)
@@ -205,6 +212,7 @@ func (ex *exchange) setCommonHeaders(p *provider) {
 	if len(ex.records) > 0 {
 		hdr.Set(headerRetries, retriesHeader(ex.records))
 	}
+	ex.setPlaceholders()
 }
 
 // commit writes the response head of a provider's good answer.
@@ -254,6 +262,7 @@ func (ex *exchange) fail(e *apiError) {
 	if len(ex.records) > 0 {
 		ex.w.Header().Set(headerRetries, retriesHeader(ex.records))
 	}
+	ex.setPlaceholders()
 	e.write(ex.w)
 }
 
@@ -274,7 +283,6 @@ func (ex *exchange) cost() (float64, bool) {
 // account reports the request once it is over: placeholders, access log
 // fields and metrics.
 func (ex *exchange) account() {
-	repl, _ := ex.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	providerName, model := "", ""
 	if ex.provider != nil {
 		providerName = ex.provider.name
@@ -283,16 +291,28 @@ func (ex *exchange) account() {
 		model = ex.facts.model
 	}
 	cost, costKnown := ex.cost()
-	if repl != nil {
-		repl.Set("http.arbstr.request_id", ex.requestID)
-		repl.Set("http.arbstr.provider", providerName)
-		if costKnown {
-			repl.Set("http.arbstr.cost_sats", strconv.FormatFloat(cost, 'f', 2, 64))
-		}
-	}
+	ex.setPlaceholders() // again: a stream's cost is known only now
 	ex.logFields(providerName, model, cost, costKnown)
 	ex.h.metrics.observeRequest(ex, providerName, model, cost, costKnown)
 }
 
-// drain discards what is left of a body so the connection can be reused.
-func drain(r io.Reader) { _, _ = io.Copy(io.Discard, io.LimitReader(r, 64<<10)) }
+// setPlaceholders publishes {http.arbstr.*}. It runs before the response
+// head is written, so that deferred header directives (applied at
+// WriteHeader) see the values, and again at the end for the access log.
+// Values not known yet are empty rather than left as literal placeholders.
+func (ex *exchange) setPlaceholders() {
+	repl, _ := ex.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return
+	}
+	providerName, cost := "", ""
+	if ex.provider != nil {
+		providerName = ex.provider.name
+	}
+	if c, ok := ex.cost(); ok {
+		cost = strconv.FormatFloat(c, 'f', 2, 64)
+	}
+	repl.Set("http.arbstr.request_id", ex.requestID)
+	repl.Set("http.arbstr.provider", providerName)
+	repl.Set("http.arbstr.cost_sats", cost)
+}

@@ -147,6 +147,7 @@ func (reg *healthRegistry) release() {
 // available tells whether p may be tried for model now; if not, when.
 func (reg *healthRegistry) available(p *provider, model string) (bool, time.Time) {
 	ph := reg.byName[p.name]
+	model = metricModel(p, model) // bounded keys: client model names never grow the map
 	now := reg.now()
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
@@ -155,6 +156,11 @@ func (reg *healthRegistry) available(p *provider, model string) (bool, time.Time
 		return true, time.Time{}
 	}
 	if now.Before(m.cooldownUntil) {
+		// An open circuit may outlast the cooldown: name the later end, or
+		// Retry-After would send clients back too early.
+		if m.state(now) == circuitOpen && m.openUntil.After(m.cooldownUntil) {
+			return false, m.openUntil
+		}
 		return false, m.cooldownUntil
 	}
 	switch m.state(now) {
@@ -181,6 +187,7 @@ type ticket struct {
 // open with its one probe already taken: the caller moves on, nobody waits.
 func (reg *healthRegistry) begin(p *provider, model string) (*ticket, bool) {
 	ph := reg.byName[p.name]
+	model = metricModel(p, model) // bounded keys: client model names never grow the map
 	now := reg.now()
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
@@ -255,6 +262,7 @@ func (reg *healthRegistry) abandon(t *ticket) {
 // never shortens an existing cooldown.
 func (reg *healthRegistry) coolDown(p *provider, model string, until time.Time) {
 	ph := reg.byName[p.name]
+	model = metricModel(p, model) // bounded keys: client model names never grow the map
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	m := ph.model(model)

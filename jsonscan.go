@@ -1,6 +1,8 @@
 package arbstr
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 )
@@ -154,7 +156,6 @@ func isHex4(b []byte) bool {
 }
 
 func (s *jsonScanner) number(i int) (int, error) {
-	start := i
 	if s.b[i] == '-' {
 		i++
 	}
@@ -184,7 +185,6 @@ func (s *jsonScanner) number(i int) (int, error) {
 		}
 		i = j
 	}
-	_ = start
 	return i, nil
 }
 
@@ -195,8 +195,8 @@ func (s *jsonScanner) digits(i int) int {
 	return i
 }
 
-// fieldFunc is called for each member of an object with the raw key (between
-// its quotes, escapes undecoded) and the member's value span.
+// fieldFunc is called for each member of an object with its key (the bytes
+// between its quotes; decoded when it holds escapes) and the value's span.
 type fieldFunc func(key []byte, v span) error
 
 // object validates an object starting at i, calling fn (if not nil) for each
@@ -219,6 +219,11 @@ func (s *jsonScanner) object(i int, fn fieldFunc) (int, error) {
 			return 0, err
 		}
 		key := s.b[i+1 : keyEnd-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			// A provider's parser reads "mod\u0065l" as "model" and would
+			// take its value: arbstr must see the same key.
+			key = decodeKey(s.b[i:keyEnd])
+		}
 		i = s.skipSpace(keyEnd)
 		if i >= len(s.b) || s.b[i] != ':' {
 			return 0, s.syntaxError(i, "a colon")
@@ -245,6 +250,15 @@ func (s *jsonScanner) object(i int, fn fieldFunc) (int, error) {
 			return 0, s.syntaxError(i, "an object")
 		}
 	}
+}
+
+// decodeKey decodes a quoted key already validated by str.
+func decodeKey(quoted []byte) []byte {
+	var k string
+	if json.Unmarshal(quoted, &k) != nil {
+		return quoted
+	}
+	return []byte(k)
 }
 
 // array validates an array starting at i, calling fn (if not nil) for each

@@ -80,12 +80,12 @@ func loadMetrics(ctx caddy.Context) (*arbstrMetrics, error) {
 	return metricsSingleton, nil
 }
 
-func (m *arbstrMetrics) observeAttempt(provider, model string, class failureClass, state circuitState) {
+func (m *arbstrMetrics) observeAttempt(p *provider, model string, class failureClass, state circuitState) {
 	if m == nil {
 		return
 	}
-	m.attempts.WithLabelValues(provider, class.String()).Inc()
-	m.circuitState.WithLabelValues(provider, model).Set(float64(state))
+	m.attempts.WithLabelValues(p.name, class.String()).Inc()
+	m.circuitState.WithLabelValues(p.name, metricModel(p, model)).Set(float64(state))
 }
 
 func (m *arbstrMetrics) observeUpstreamHeaders(provider string, d time.Duration) {
@@ -109,11 +109,22 @@ func (m *arbstrMetrics) observeRequest(ex *exchange, provider, model string, cos
 	if m == nil {
 		return
 	}
-	if provider == "" {
-		model = ""
-		if ex.facts != nil && len(ex.records) > 0 {
-			model = ex.facts.model // a provider was tried, so the name is configured
+	switch {
+	case ex.provider != nil:
+		model = metricModel(ex.provider, model)
+	case ex.facts != nil && len(ex.records) > 0:
+		// Every provider tried failed; one serving any model may have been
+		// tried, so the name is a label only when the config lists it.
+		label := "*"
+		for _, p := range ex.h.providers {
+			if p.served[model] {
+				label = model
+				break
+			}
 		}
+		model = label
+	default:
+		model = ""
 	}
 	outcome := ex.outcome
 	if outcome == "" {

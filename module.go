@@ -288,7 +288,8 @@ func (p *Provider) validate() error {
 		return fmt.Errorf("arbstr: provider %q has no url; set 'url https://host/v1'", p.Name)
 	}
 	u, err := url.Parse(p.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	// Hostname, not Host: "http://:8080" has a port but no host.
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		return fmt.Errorf("arbstr: provider %q: url %q is not an http(s) URL; write it like https://host/v1", p.Name, p.URL)
 	}
 	if u.User != nil {

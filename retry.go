@@ -193,13 +193,15 @@ func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 		return 0
 	}
 	if v, err := strconv.ParseFloat(ra, 64); err == nil {
-		if v <= 0 || v > 1e9 {
+		if !(v > 0 && v <= 1e9) { // also refuses NaN, which ParseFloat accepts
 			return 0
 		}
 		return time.Duration(v * float64(time.Second))
 	}
 	if t, err := http.ParseTime(ra); err == nil {
-		if d := t.Sub(now); d > 0 {
+		// The same bound as a number of seconds: a date centuries ahead is
+		// garbage, not a cooldown.
+		if d := t.Sub(now); d > 0 && d <= 1e9*time.Second {
 			return d
 		}
 	}
@@ -331,7 +333,7 @@ func (h *Handler) tryProvider(ex *exchange, p *provider, t *ticket, d delivery) 
 	for try := 1; ; try++ {
 		res := h.sendAttempt(ex, p, body, d)
 		state := h.health.finish(t, res.class)
-		h.metrics.observeAttempt(p.name, ex.facts.model, res.class, state)
+		h.metrics.observeAttempt(p, ex.facts.model, res.class, state)
 		if res.class == classNone || res.committed {
 			ex.succeeded(p, res)
 			return stopSilently

@@ -299,7 +299,9 @@ func (p *pump) end(err error) attemptResult {
 	switch {
 	case class == classClientGone:
 		return p.clientGone()
-	case errors.Is(err, io.EOF) && class == classNone && p.finished:
+	// classifyError calls any plain read error classConnection; only a
+	// clean EOF (not io.ErrUnexpectedEOF, not a timeout) may complete.
+	case errors.Is(err, io.EOF) && class == classConnection && p.finished:
 		return p.done() // finished cleanly, only [DONE] was missing
 	}
 	msg := "the provider's stream broke before the answer was complete"

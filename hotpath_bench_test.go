@@ -1,0 +1,229 @@
+package arbstr
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// hpStream is a 200-event chat stream as a provider sends it: a role
+// chunk, 200 content chunks, the finish chunk, the include_usage chunk and
+// [DONE].
+func hpStream(events int) []byte {
+	var b bytes.Buffer
+	chunk := func(delta, finish string) {
+		fmt.Fprintf(&b, `data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","choices":[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]}`+"\n\n", delta, finish)
+	}
+	chunk(`{"role":"assistant","content":""}`, "null")
+	for i := range events {
+		chunk(fmt.Sprintf(`{"content":" word%d"}`, i), "null")
+	}
+	chunk(`{}`, `"stop"`)
+	b.WriteString(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":200,"total_tokens":212}}` + "\n\n")
+	b.WriteString("data: [DONE]\n\n")
+	return b.Bytes()
+}
+
+// BenchmarkSSEScan is the per-stream work of the pump minus the I/O:
+// scanning a 200-event stream and inspecting every chunk.
+func BenchmarkSSEScan(b *testing.B) {
+	stream := hpStream(200)
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	events := 0
+	for b.Loop() {
+		sc := newSSEScanner(bytes.NewReader(stream))
+		events = 0
+		finished, usageSeen := false, false
+		for {
+			ev, err := sc.next()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					b.Fatal(err)
+				}
+				break
+			}
+			events++
+			if bytes.Equal(ev.data, doneMarker) {
+				continue
+			}
+			info := inspectChunk(ev.data)
+			if !info.valid {
+				b.Fatalf("event %d not valid: %s", events, ev.data)
+			}
+			finished = finished || info.finished
+			usageSeen = usageSeen || info.usageOnly
+		}
+		if events != 204 || !finished || !usageSeen {
+			b.Fatalf("scanned %d events (finished %v, usage %v), want 204 with both", events, finished, usageSeen)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
+}
+
+// hpCaddy is an in-process Caddy for benchmarks: the stand-in upstream, a
+// reverse_proxy site and an arbstr site (startCaddy takes a *testing.T).
+type hpCaddy struct {
+	rp, arb string // base URLs of the reverse_proxy and arbstr sites
+}
+
+// hpProviders is a provider list of n providers at url, rates all
+// different, the cheapest one ("cheap") in the middle.
+func hpProviders(n int, url string) string {
+	var sb strings.Builder
+	for i := range n {
+		if i == n/2 {
+			fmt.Fprintf(&sb, "provider cheap {\n url %s\n models bench-model\n input_rate 1\n output_rate 2\n}\n", url)
+			continue
+		}
+		fmt.Fprintf(&sb, "provider p%04d {\n url %s\n models bench-model other-model\n input_rate %d\n output_rate %d\n}\n",
+			i, url, 1000+i*37%997, 2000+i*53%991)
+	}
+	return sb.String()
+}
+
+func hpStartCaddy(b *testing.B) *hpCaddy {
+	b.Helper()
+	admin, up, rp, arb := freePort(b), freePort(b), freePort(b), freePort(b)
+	upURL := fmt.Sprintf("http://127.0.0.1:%d", up)
+	cfg := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	auto_https off
+	skip_install_trust
+	grace_period 1s
+	log {
+		level ERROR
+	}
+}
+http://127.0.0.1:%d {
+	handle /plain/* {
+		arbstr_standin
+	}
+	handle /stream/* {
+		arbstr_standin {
+			events 200
+		}
+	}
+}
+http://127.0.0.1:%d {
+	reverse_proxy 127.0.0.1:%d
+}
+http://127.0.0.1:%d {
+	handle /plain/* {
+		arbstr {
+			%s
+		}
+	}
+	handle /stream/* {
+		arbstr {
+			%s
+		}
+	}
+	handle /p1000/* {
+		arbstr {
+			%s
+		}
+	}
+}
+`, admin, up, rp, up, arb,
+		hpProviders(1, upURL+"/plain/v1"), hpProviders(1, upURL+"/stream/v1"), hpProviders(1000, upURL+"/plain/v1"))
+	if err := caddy.Load(adaptCaddyfile(b, cfg), true); err != nil {
+		b.Fatalf("loading config: %v", err)
+	}
+	b.Cleanup(func() { _ = caddy.Stop() })
+	deadline := time.Now().Add(5 * time.Second)
+	for _, port := range []int{up, rp, arb} {
+		for {
+			conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err == nil {
+				conn.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("caddy did not listen on %d", port)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return &hpCaddy{rp: fmt.Sprintf("http://127.0.0.1:%d", rp), arb: fmt.Sprintf("http://127.0.0.1:%d", arb)}
+}
+
+// hpPost sends one chat request and reads the whole answer, failing on
+// anything but a 200 (for arbstr: served by the cheap provider).
+func hpPost(b *testing.B, client *http.Client, url string, body []byte, arbstr bool) int {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("POST %s: status %d, err %v", url, resp.StatusCode, err)
+	}
+	if arbstr && resp.Header.Get(headerProvider) != "cheap" {
+		b.Fatalf("POST %s: served by %q, want cheap", url, resp.Header.Get(headerProvider))
+	}
+	return int(n)
+}
+
+func hpBody(stream bool, contentBytes int) []byte {
+	content := "Say hello in one short sentence."
+	if contentBytes > 0 {
+		content = strings.Repeat("Lorem ipsum dolor sit amet. ", contentBytes/28+1)[:contentBytes]
+	}
+	streamField := ""
+	if stream {
+		streamField = `"stream":true,`
+	}
+	return fmt.Appendf(nil, `{"model":"bench-model",%s"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":%q}],"max_tokens":64}`,
+		streamField, content)
+}
+
+// BenchmarkServeChat is the full path of one chat completion through Caddy
+// and arbstr to an instant in-process stand-in, next to the same request
+// through reverse_proxy: the difference is arbstr's cost. Requests are sent
+// one at a time, so ns/op is the latency; allocs/op counts the whole
+// process (client, Caddy, stand-in).
+func BenchmarkServeChat(b *testing.B) {
+	c := hpStartCaddy(b)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, DisableCompression: true}}
+	b.Cleanup(client.CloseIdleConnections)
+	cases := []struct {
+		name   string
+		path   string
+		body   []byte
+		arbstr bool
+	}{
+		{"nonstream/arbstr", c.arb + "/plain/v1/chat/completions", hpBody(false, 0), true},
+		{"nonstream/reverse_proxy", c.rp + "/plain/v1/chat/completions", hpBody(false, 0), false},
+		{"stream200/arbstr", c.arb + "/stream/v1/chat/completions", hpBody(true, 0), true},
+		{"stream200/reverse_proxy", c.rp + "/stream/v1/chat/completions", hpBody(true, 0), false},
+		{"body2MB/arbstr", c.arb + "/plain/v1/chat/completions", hpBody(false, 2<<20), true},
+		{"body2MB/reverse_proxy", c.rp + "/plain/v1/chat/completions", hpBody(false, 2<<20), false},
+		{"providers1000/arbstr", c.arb + "/p1000/v1/chat/completions", hpBody(false, 0), true},
+	}
+	for _, tc := range cases {
+		b.Run(tc.name, func(b *testing.B) {
+			hpPost(b, client, tc.path, tc.body, tc.arbstr) // warm the connections
+			b.SetBytes(int64(len(tc.body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				hpPost(b, client, tc.path, tc.body, tc.arbstr)
+			}
+		})
+	}
+}
