@@ -507,7 +507,7 @@ func TestSecurityMaxBodyRefusedBeforeRead(t *testing.T) {
 		start := time.Now()
 		_ = conn.SetDeadline(start.Add(3 * time.Second))
 		// The body never finishes: the connection stays open, unwritten.
-		_, err = fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n%s", c.head, c.partial)
+		_, err = fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n%s\r\n%s", tc.Port, c.head, c.partial)
 		if err != nil {
 			t.Fatal(err)
 		}

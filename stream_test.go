@@ -558,6 +558,12 @@ func TestStreamHonestEndings(t *testing.T) {
 			_ = stSend(w, stChunk("one"))
 			_ = stSend(w, stFinish)
 		}, []string{"one"}, true},
+		{"cut after finish_reason", "", func(t *testing.T, w http.ResponseWriter, r *http.Request) {
+			stHead(w)
+			_ = stSend(w, stChunk("one"))
+			_ = stSend(w, stFinish)
+			stCut(t, w, false)
+		}, []string{"one"}, false},
 		{"no finish_reason and no DONE", "", func(t *testing.T, w http.ResponseWriter, r *http.Request) {
 			stHead(w)
 			_ = stSend(w, stChunk("one"))
