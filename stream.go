@@ -29,10 +29,30 @@ type sseScanner struct {
 	r    *bufio.Reader
 	data []byte
 	line []byte
+	// beforeRead, when set, runs whenever the scanner is about to read from
+	// the upstream (and may block there) because its buffer is used up.
+	beforeRead func() error
 }
 
 func newSSEScanner(r io.Reader) *sseScanner {
-	return &sseScanner{r: bufio.NewReaderSize(r, 16<<10)}
+	s := &sseScanner{}
+	s.r = bufio.NewReaderSize(scannerSource{s, r}, 16<<10)
+	return s
+}
+
+// scannerSource is the scanner's upstream reader with its beforeRead hook.
+type scannerSource struct {
+	s *sseScanner
+	r io.Reader
+}
+
+func (src scannerSource) Read(b []byte) (int, error) {
+	if src.s.beforeRead != nil {
+		if err := src.s.beforeRead(); err != nil {
+			return 0, err
+		}
+	}
+	return src.r.Read(b)
 }
 
 // next returns the next event that has data. The event's data is valid
@@ -65,7 +85,8 @@ func (s *sseScanner) next() (sseEvent, error) {
 	}
 }
 
-// readLine returns a line without its ending (\n, \r\n or \r\n).
+// readLine returns a line without its ending (\n or \r\n; a bare \r, which
+// no LLM provider sends, is not a line ending here).
 func (s *sseScanner) readLine() ([]byte, error) {
 	line, err := s.r.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
@@ -174,6 +195,7 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	}
 	ex.h.metrics.observeFirstEvent(at.provider.name, time.Since(at.start))
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
+	sc.beforeRead = p.flushPending
 	ex.commitStream(at.provider, resp.StatusCode)
 	return p.run(first, info)
 }
@@ -216,6 +238,8 @@ type pump struct {
 	rc       *http.ResponseController
 	finished bool
 	out      []byte
+	pending  bool  // events written and not flushed yet
+	flushErr error // the client could not be written to
 }
 
 func (p *pump) run(first []byte, info chunkInfo) attemptResult {
@@ -229,6 +253,9 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 		}
 		ev, err := p.sc.next()
 		if err != nil {
+			if p.flushErr != nil {
+				return p.clientGone()
+			}
 			return p.end(err)
 		}
 		idleTimer.Reset(idle)
@@ -255,7 +282,11 @@ func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
 	if info.finished {
 		p.finished = true
 	}
-	if !p.write(data) {
+	ok := p.send(data)
+	if ok && info.isError {
+		ok = p.flushPending() == nil
+	}
+	if !ok {
 		return p.clientGone(), true
 	}
 	if info.isError {
@@ -265,8 +296,16 @@ func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
 	return attemptResult{}, false
 }
 
-// write sends one data event and flushes it.
+// write sends one data event and flushes it with any before it.
 func (p *pump) write(data []byte) bool {
+	return p.send(data) && p.flushPending() == nil
+}
+
+// send writes one data event and leaves it to be flushed when the scanner
+// next has to wait for the upstream (flushPending, its beforeRead): events
+// that arrived together go out in one flush, as reverse_proxy sends them,
+// and none waits for a later one.
+func (p *pump) send(data []byte) bool {
 	p.out = append(p.out[:0], "data: "...)
 	if bytes.IndexByte(data, '\n') < 0 {
 		p.out = append(p.out, data...)
@@ -277,7 +316,21 @@ func (p *pump) write(data []byte) bool {
 	if _, err := p.ex.w.Write(p.out); err != nil {
 		return false
 	}
-	return p.rc.Flush() == nil
+	p.pending = true
+	return true
+}
+
+// flushPending flushes the events written since the last flush.
+func (p *pump) flushPending() error {
+	if !p.pending {
+		return nil
+	}
+	p.pending = false
+	if err := p.rc.Flush(); err != nil {
+		p.flushErr = err
+		return err
+	}
+	return nil
 }
 
 // done ends a complete stream: the cost as an SSE comment and trailer, then [DONE].

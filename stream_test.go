@@ -195,10 +195,6 @@ func stContents(data []string) []string {
 	return out
 }
 
-func stEqual(a, b []string) bool {
-	return strings.Join(a, "\x00") == strings.Join(b, "\x00") && len(a) == len(b)
-}
-
 func TestStreamDecidedByBodyNotAccept(t *testing.T) {
 	t.Run("stream true with Accept json", func(t *testing.T) {
 		up := stNewUpstream(t, func(w http.ResponseWriter, r *http.Request, n int) { stGood(w, "a", "b") })
@@ -218,7 +214,7 @@ func TestStreamDecidedByBodyNotAccept(t *testing.T) {
 			t.Errorf("upstream Accept %q", got)
 		}
 		data, _, _ := stParse(body)
-		if c := stContents(data); !stEqual(c, []string{"a", "b"}) || data[len(data)-1] != "[DONE]" {
+		if c := stContents(data); !slices.Equal(c, []string{"a", "b"}) || data[len(data)-1] != "[DONE]" {
 			t.Errorf("events %q", data)
 		}
 	})
@@ -314,7 +310,7 @@ func TestStreamFallbackBeforeCommit(t *testing.T) {
 				t.Errorf("x-arbstr-retries %q, want one of %q", got, c.retries)
 			}
 			data, _, _ := stParse(body)
-			if got := stContents(data); !stEqual(got, []string{"beta-1", "beta-2"}) {
+			if got := stContents(data); !slices.Equal(got, []string{"beta-1", "beta-2"}) {
 				t.Errorf("contents %q, want beta's only; body:\n%s", got, body)
 			}
 			if strings.Contains(string(body), "error") {
@@ -360,7 +356,7 @@ func TestStreamRetrySameProvider(t *testing.T) {
 		t.Errorf("hits alpha %d beta %d, want 3 and 0", alpha.hits.Load(), beta.hits.Load())
 	}
 	data, _, _ := stParse(body)
-	if got := stContents(data); !stEqual(got, []string{"alpha-ok"}) {
+	if got := stContents(data); !slices.Equal(got, []string{"alpha-ok"}) {
 		t.Errorf("contents %q", got)
 	}
 	// The same idempotency key on every try.
@@ -592,7 +588,7 @@ func TestStreamHonestEndings(t *testing.T) {
 				t.Errorf("took %v", elapsed)
 			}
 			data, _, _ := stParse(body)
-			if got := stContents(data); !stEqual(got, c.contents) {
+			if got := stContents(data); !slices.Equal(got, c.contents) {
 				t.Errorf("contents %q, want %q; body:\n%s", got, c.contents, body)
 			}
 			if strings.Contains(string(body), "bad") {
@@ -713,14 +709,14 @@ func TestStreamSSEScanner(t *testing.T) {
 			if !errors.Is(err, io.EOF) {
 				t.Errorf("ended with %v, want EOF", err)
 			}
-			if !stEqual(got, c.want) {
+			if !slices.Equal(got, c.want) {
 				t.Errorf("got %q, want %q", got, c.want)
 			}
 		})
 	}
 	t.Run("line over the limit", func(t *testing.T) {
 		got, err := stScanAll("data: a\n\ndata: " + strings.Repeat("x", maxEventSize+1) + "\n\n")
-		if !errors.Is(err, errEventTooLarge) || !stEqual(got, []string{"a"}) {
+		if !errors.Is(err, errEventTooLarge) || !slices.Equal(got, []string{"a"}) {
 			t.Errorf("got %d events, err %v; want 1 and errEventTooLarge", len(got), err)
 		}
 	})

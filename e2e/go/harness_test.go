@@ -182,13 +182,14 @@ func (a *arbstrProcess) baseURL(scenario string) string {
 
 // client is an SDK client for a scenario. Retries are off unless an option
 // turns them on, so that a test sees arbstr's own answer.
-func (a *arbstrProcess) client(scenario string, opts ...option.RequestOption) openai.Client {
+func (a *arbstrProcess) client(scenario string, opts ...option.RequestOption) *openai.Client {
 	base := []option.RequestOption{
 		option.WithBaseURL(a.baseURL(scenario) + "/"),
 		option.WithAPIKey("sk-e2e-client-key"),
 		option.WithMaxRetries(0),
 	}
-	return openai.NewClient(append(base, opts...)...)
+	c := openai.NewClient(append(base, opts...)...)
+	return &c
 }
 
 func (a *arbstrProcess) standinURL(t *testing.T, name string) string {

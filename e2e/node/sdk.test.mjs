@@ -137,6 +137,24 @@ describe('the SDK against a healthy route', () => {
     await assert.rejects(stream.finalChatCompletion(), (err) => err instanceof APIError && err.code === 'stream_broken');
     assert.ok(content.length > 0 && !content.endsWith('complete.'), `partial content: ${content}`);
   });
+
+  test('sdk: a broken stream is cut, so even a client that ignores error events sees a failure', async () => {
+    const r = await arb.post('cut', { model: 'e2e-raw-cut', stream: true, messages: [{ role: 'user', content: 'Say hello' }] });
+    assert.equal(r.status, 200);
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let text = '';
+    const failure = await (async () => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return null;
+        text += decoder.decode(value, { stream: true });
+      }
+    })().catch((err) => err);
+    assert.ok(failure instanceof Error, 'reading the body must fail, not end cleanly');
+    assert.match(text, /data: \{"error":\{.*"code":"stream_broken"/);
+    assert.doesNotMatch(text, /\[DONE\]/);
+  });
 });
 
 describe('tools and response_format through arbstr', () => {
