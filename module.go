@@ -24,7 +24,7 @@ const (
 	defaultTimeout           = 30 * time.Second
 	defaultFirstEventTimeout = 10 * time.Second
 	defaultStreamIdleTimeout = 60 * time.Second
-	defaultMaxBody           = 16 << 20
+	defaultMaxBody           = 16_000_000 // 16MB, counted as Caddy counts sizes
 	defaultAttempts          = 3
 	defaultRetryAfterMax     = 5 * time.Second
 	defaultBreakerFailures   = 3
@@ -70,7 +70,7 @@ type Handler struct {
 	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
 
 	// MaxBody is the largest request body accepted, in bytes; larger ones get
-	// 413. Default: 16 MB.
+	// 413. Default: 16MB (16,000,000 bytes).
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	providers []*provider
@@ -383,10 +383,13 @@ func resolveAPIKey(p *Provider, repl *caddy.Replacer) (string, error) {
 	if p.APIKey == "" {
 		return os.Getenv(apiKeyEnvName(p.Name)), nil
 	}
-	key, err := repl.ReplaceOrErr(p.APIKey, true, true)
+	// Unknown placeholders stay as written, so a literal key that happens to
+	// contain braces works and never ends up quoted in an error.
+	key, err := repl.ReplaceOrErr(p.APIKey, true, false)
 	if err != nil {
-		// The error would quote the placeholder, never the secret itself.
-		return "", fmt.Errorf("arbstr: provider %q: api_key could not be resolved: %v", p.Name, err)
+		// Only a known placeholder ({env.X}, {file.path}) that came out
+		// empty gets here: the message names it, and it holds no secret.
+		return "", fmt.Errorf("arbstr: provider %q: api_key: %v; set the variable or fill the file", p.Name, err)
 	}
 	return key, nil
 }

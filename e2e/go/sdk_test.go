@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"reflect"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,6 +76,24 @@ func TestE2ESDKStreamCutAfterCommit(t *testing.T) {
 	}
 	if len(acc.Choices) == 0 || acc.Choices[0].Message.Content == "" || acc.Choices[0].FinishReason != "" {
 		t.Errorf("want partial content without finish_reason, got %+v", acc.Choices)
+	}
+}
+
+// TestE2ERawBrokenStreamIsCut: a broken stream is cut rather than ended, so
+// that even a client that ignores error events gets a read error.
+func TestE2ERawBrokenStreamIsCut(t *testing.T) {
+	resp, err := http.Post(e2eArb.baseURL("cut")+"/chat/completions", "application/json",
+		strings.NewReader(`{"model":"e2e-raw-cut","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || err == nil {
+		t.Fatalf("status %d, read error %v: want 200 and a read error", resp.StatusCode, err)
+	}
+	if !regexp.MustCompile(`data: \{"error":\{.*"code":"stream_broken"`).Match(body) || bytes.Contains(body, []byte("[DONE]")) {
+		t.Errorf("want an error event and no [DONE]:\n%s", body)
 	}
 }
 

@@ -94,6 +94,7 @@ type standin struct {
 	baseFee    float64
 	models     string // the router's models line; "" serves any model
 	faulty     bool   // every chat request it gets is a fault
+	streamOnly bool   // only its streaming requests get the fault
 	port       int
 }
 
@@ -101,22 +102,24 @@ func (s *standin) answer() string {
 	return "Soak answer from " + s.name + ", in several small pieces."
 }
 
-// soakStandins fail in every way the stand-in can; the faulty ones are
-// cheaper than the healthy one, and their input/output price ratios
-// differ, so the order of candidates depends on each request's size.
+// soakStandins fail in every way the stand-in can. The hard-failing ones
+// are the cheapest for every request (both their rates are below 1000), in
+// an order that depends on each request's size because their input and
+// output rates run opposite ways; then the one that fails its first 500
+// requests; then those with stream anomalies; the healthy one is dearest.
 func soakStandins() []*standin {
 	return []*standin{
-		{name: "s-failfirst", directives: []string{"fail_status 500", "fail_first 500"}, inputRate: 100, outputRate: 1100, baseFee: 0.01},
-		{name: "s-503", directives: []string{"fail_status 503"}, inputRate: 200, outputRate: 1000, baseFee: 0.02, faulty: true},
-		{name: "s-429", directives: []string{"fail_status 429", "retry_after 2s"}, inputRate: 300, outputRate: 900, baseFee: 0.03, faulty: true},
-		{name: "s-reset", directives: []string{"fault reset"}, inputRate: 400, outputRate: 800, baseFee: 0.04, faulty: true},
-		{name: "s-stall", directives: []string{"fault stall", "fault_after 2"}, inputRate: 500, outputRate: 700, baseFee: 0.05, faulty: true},
-		{name: "s-cut", directives: []string{"fault cut", "fault_after 3"}, inputRate: 600, outputRate: 600, baseFee: 0.06, faulty: true},
-		{name: "s-hang", directives: []string{"fault hang"}, inputRate: 700, outputRate: 500, baseFee: 0.07, faulty: true},
-		{name: "s-errevent", directives: []string{"fault error_event"}, inputRate: 800, outputRate: 400, baseFee: 0.08, faulty: true},
-		{name: "s-nofinish", directives: []string{"fault no_finish"}, inputRate: 900, outputRate: 300, baseFee: 0.09},
-		{name: "s-malformed", directives: []string{"fault malformed", "fault_after 2"}, inputRate: 1000, outputRate: 200, baseFee: 0.10},
-		{name: "s-nodone", directives: []string{"fault no_done"}, inputRate: 1100, outputRate: 100, baseFee: 0.11},
+		{name: "s-503", directives: []string{"fail_status 503"}, inputRate: 100, outputRate: 800, baseFee: 0.01, faulty: true},
+		{name: "s-429", directives: []string{"fail_status 429", "retry_after 2s"}, inputRate: 200, outputRate: 700, baseFee: 0.02, faulty: true},
+		{name: "s-reset", directives: []string{"fault reset"}, inputRate: 300, outputRate: 600, baseFee: 0.03, faulty: true},
+		{name: "s-stall", directives: []string{"fault stall", "fault_after 2"}, inputRate: 400, outputRate: 500, baseFee: 0.04, faulty: true},
+		{name: "s-cut", directives: []string{"fault cut", "fault_after 3"}, inputRate: 500, outputRate: 400, baseFee: 0.05, faulty: true},
+		{name: "s-hang", directives: []string{"fault hang"}, inputRate: 600, outputRate: 300, baseFee: 0.06, faulty: true},
+		{name: "s-errevent", directives: []string{"fault error_event"}, inputRate: 700, outputRate: 200, baseFee: 0.07, faulty: true},
+		{name: "s-failfirst", directives: []string{"fail_status 500", "fail_first 500"}, inputRate: 950, outputRate: 950, baseFee: 0.1},
+		{name: "s-nofinish", directives: []string{"fault no_finish"}, inputRate: 1000, outputRate: 1000, baseFee: 0.2, streamOnly: true},
+		{name: "s-malformed", directives: []string{"fault malformed", "fault_after 2"}, inputRate: 1000, outputRate: 1000, baseFee: 0.3, streamOnly: true},
+		{name: "s-nodone", directives: []string{"fault no_done"}, inputRate: 1000, outputRate: 1000, baseFee: 0.4, streamOnly: true},
 		{name: "s-healthy", inputRate: 5000, outputRate: 5000, baseFee: 1},
 	}
 }
@@ -300,14 +303,15 @@ func (r *rig) soak() error {
 		checks = append(checks, r.checkReloads(admin, reloads, ghostBefore)...)
 	}
 	after, waited := r.settleDown(admin, before)
-	faults, perStandin := r.faultCounts(admin)
+	faults, anomalies, perStandin := r.faultCounts(admin)
 
 	fmt.Println()
 	fmt.Println("== soak results")
 	fmt.Printf("mode:            %s (grace_period %s)\n", r.o.mode, r.o.grace)
 	fmt.Printf("duration:        %s, concurrency %d\n", elapsed.Round(time.Second), r.o.concurrency)
 	fmt.Printf("requests:        %d (%.0f/s)\n", r.seq.Load(), float64(r.seq.Load())/elapsed.Seconds())
-	fmt.Printf("faults injected: %d (stand-in requests: %s)\n", faults, perStandin)
+	fmt.Printf("faults injected: %d hard faults, plus ~%d streams with a stream-only fault\n", faults, anomalies)
+	fmt.Printf("stand-in requests: %s\n", perStandin)
 	if r.o.mode == "reload" {
 		fmt.Printf("reloads:         %d ok, %d failed\n", reloads.ok.Load(), reloads.failed.Load())
 	}
@@ -917,28 +921,28 @@ func rssKB(pid int) int64 {
 }
 
 // faultCounts sums the chat requests of stand-ins that fault on each one,
-// plus the failing part of fail_first, and lists every stand-in's count.
-func (r *rig) faultCounts(admin *http.Client) (int64, string) {
-	var total int64
-	var parts []string
+// plus the failing part of fail_first; anomalies counts (estimates, from
+// the streaming share) the requests of stream-only faults; parts lists
+// every stand-in's count.
+func (r *rig) faultCounts(admin *http.Client) (faults, anomalies int64, parts string) {
+	var list []string
 	for _, s := range r.standins {
 		n, err := standinRequests(admin, s, http.MethodGet)
 		if err != nil {
-			parts = append(parts, s.name+"=?")
+			list = append(list, s.name+"=?")
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%s=%d", s.name, n))
+		list = append(list, fmt.Sprintf("%s=%d", s.name, n))
 		switch {
 		case s.faulty:
-			total += n
+			faults += n
 		case strings.Contains(strings.Join(s.directives, " "), "fail_first"):
-			total += min(n, 500)
-		case strings.Contains(strings.Join(s.directives, " "), "fault "):
-			// Stream-only faults: only the streaming share of its requests.
-			total += int64(float64(n) * r.o.streamShare)
+			faults += min(n, 500)
+		case s.streamOnly:
+			anomalies += int64(float64(n) * r.o.streamShare)
 		}
 	}
-	return total, strings.Join(parts, " ")
+	return faults, anomalies, strings.Join(list, " ")
 }
 
 func standinRequests(c *http.Client, s *standin, method string) (int64, error) {
