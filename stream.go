@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -34,10 +35,23 @@ type sseScanner struct {
 	beforeRead func() error
 }
 
+// sseReaders recycles the scanners' 16 KB read buffers: a stream holds one
+// only while it runs, and each new stream would otherwise allocate one.
+var sseReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+
 func newSSEScanner(r io.Reader) *sseScanner {
 	s := &sseScanner{}
-	s.r = bufio.NewReaderSize(scannerSource{s, r}, 16<<10)
+	s.r = sseReaders.Get().(*bufio.Reader)
+	s.r.Reset(scannerSource{s, r})
 	return s
+}
+
+// release gives the read buffer back; the scanner is unusable afterwards.
+// Events it returned stay valid: their data is not in that buffer.
+func (s *sseScanner) release() {
+	s.r.Reset(nil)
+	sseReaders.Put(s.r)
+	s.r = nil
 }
 
 // scannerSource is the scanner's upstream reader with its beforeRead hook.
@@ -185,6 +199,7 @@ type streamDelivery struct{}
 
 func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
 	sc := newSSEScanner(resp.Body)
+	defer sc.release()
 	first, info, res, ok := awaitFirstEvent(ex, at, sc, resp.StatusCode)
 	if !ok {
 		return res
@@ -243,22 +258,34 @@ type pump struct {
 }
 
 func (p *pump) run(first []byte, info chunkInfo) attemptResult {
+	// The idle timer runs only while waiting for the provider: time spent
+	// blocked on a slow client is not the provider's silence.
 	idle := time.Duration(p.ex.h.StreamIdleTimeout)
 	idleTimer := time.AfterFunc(idle, func() { p.at.cancel(errStreamIdle) })
+	idleTimer.Stop()
 	defer idleTimer.Stop()
-	data := first
+	// The first event is flushed at once, not with those that came with it:
+	// the time to the first token is what users notice.
+	data, flushNow := first, true
 	for {
 		if res, done := p.forward(data, info); done {
 			return res
 		}
+		if flushNow {
+			flushNow = false
+			if p.flushPending() != nil {
+				return p.clientGone()
+			}
+		}
+		idleTimer.Reset(idle)
 		ev, err := p.sc.next()
+		idleTimer.Stop()
 		if err != nil {
 			if p.flushErr != nil {
 				return p.clientGone()
 			}
 			return p.end(err)
 		}
-		idleTimer.Reset(idle)
 		if bytes.Equal(ev.data, doneMarker) {
 			return p.done()
 		}
