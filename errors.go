@@ -123,6 +123,15 @@ func errAllFailed(attempts []attemptRecord) *apiError {
 		errType: "server_error", code: "upstream_failed", noRetry: true, attempts: attempts}
 }
 
+func errRateLimited(wait time.Duration, attempts []attemptRecord) *apiError {
+	if wait < time.Second {
+		wait = time.Second
+	}
+	return &apiError{status: http.StatusTooManyRequests,
+		message: fmt.Sprintf("every provider is rate limiting; retry after %d seconds", int(math.Ceil(wait.Seconds()))),
+		errType: "requests", code: "rate_limit_exceeded", retryAfter: wait, attempts: attempts}
+}
+
 func errDeadline(timeout time.Duration, attempts []attemptRecord) *apiError {
 	return &apiError{status: http.StatusGatewayTimeout,
 		message: fmt.Sprintf("no provider answered within the %s deadline (timeout) after %d attempt(s)", timeout, len(attempts)),

@@ -208,6 +208,24 @@ func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 	return 0
 }
 
+// allRateLimited reports whether every failed attempt was a 429, and the
+// shortest wait one of them asked for (1s when none gave a hint).
+func allRateLimited(records []attemptRecord) (time.Duration, bool) {
+	wait := time.Duration(0)
+	for _, r := range records {
+		if r.class != classRateLimited {
+			return 0, false
+		}
+		if r.retryAfter > 0 && (wait == 0 || r.retryAfter < wait) {
+			wait = r.retryAfter
+		}
+	}
+	if wait == 0 {
+		wait = time.Second
+	}
+	return wait, true
+}
+
 // attemptRecord is one failed attempt, for x-arbstr-retries and error bodies.
 type attemptRecord struct {
 	provider   string
@@ -320,6 +338,12 @@ func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
 	}
 	if len(ex.records) == 0 {
 		ex.fail(errAllUnhealthy(ex.facts.model, time.Second))
+		return
+	}
+	if wait, ok := allRateLimited(ex.records); ok {
+		// Every provider asked to slow down: say so, with a time the SDK
+		// honours, rather than a 502 that hides it.
+		ex.fail(errRateLimited(wait, ex.records))
 		return
 	}
 	ex.fail(errAllFailed(ex.records))

@@ -831,6 +831,42 @@ func TestRetryAllCandidatesFailed(t *testing.T) {
 	rtCounts(t, map[*rtUpstream]int{alpha: 2, beta: 2}, map[*rtUpstream]string{alpha: "alpha", beta: "beta"})
 }
 
+// When every provider answered 429, the client is told to slow down (429
+// with the shortest hint), not that the providers are broken (502).
+func TestRetryAllRateLimited429(t *testing.T) {
+	alpha := rtNewUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "40")
+		rtStatus(429)(n, w, r)
+	})
+	beta := rtNewUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "20")
+		rtStatus(429)(n, w, r)
+	})
+	tc := startCaddy(t, rtSite(rtProvider("alpha", alpha.url(), 1), rtProvider("beta", beta.url(), 2), rtFast))
+	resp := tc.Post("/v1/chat/completions", rtChat)
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("status %d, want 429", resp.StatusCode)
+	}
+	if got := resp.Header.Get("Retry-After"); got != "20" {
+		t.Errorf("Retry-After = %q, want the shortest hint, 20", got)
+	}
+	if got := resp.Header.Get("x-should-retry"); got != "" {
+		t.Errorf("x-should-retry = %q: a rate limit is for the client to wait out and retry", got)
+	}
+	if e := rtDecodeError(t, resp); e.Error.Code != "rate_limit_exceeded" {
+		t.Errorf("code %q", e.Error.Code)
+	}
+	rtCounts(t, map[*rtUpstream]int{alpha: 1, beta: 1}, map[*rtUpstream]string{alpha: "alpha", beta: "beta"})
+
+	// A mix of 429 and other failures is a 502 as before.
+	gamma := rtNewUpstream(t, rtStatus(429))
+	delta := rtNewUpstream(t, rtStatus(500))
+	tc.Load(rtSite(rtProvider("gamma", gamma.url(), 1), rtProvider("delta", delta.url(), 2), rtFast))
+	if resp := tc.Post("/v1/chat/completions", rtChat); resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("429 then 500: status %d, want 502", resp.StatusCode)
+	}
+}
+
 func TestRetryDeadline504(t *testing.T) {
 	var alpha, beta *rtUpstream
 	alpha = rtNewUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {

@@ -106,6 +106,7 @@ func startArbstr(bin string, fixed map[string]int) (*arbstrProcess, error) {
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Caddy's data and config dirs go to the temp dir, not the user's home.
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}

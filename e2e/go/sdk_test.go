@@ -54,9 +54,23 @@ func TestE2ESDKStreamAccumulator(t *testing.T) {
 	if events < 3 {
 		t.Errorf("%d events: the answer was not streamed", events)
 	}
-	_, raw := e2eArb.post(t, "healthy", `{"model":"e2e-sdk-raw","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`)
-	if !regexp.MustCompile(`\n: x-arbstr-cost-sats: \d+\.\d\d\n\ndata: \[DONE\]\n\n$`).Match(raw) {
-		t.Errorf("the raw stream does not end with the cost comment and [DONE]:\n%s", raw)
+}
+
+// TestE2ERawStreamEndings: a stream ends with the cost comment (which the
+// SDKs skip) and [DONE], also when the provider left [DONE] out, and a
+// malformed event is never forwarded.
+func TestE2ERawStreamEndings(t *testing.T) {
+	ending := regexp.MustCompile(`\n: x-arbstr-cost-sats: \d+\.\d\d\n\ndata: \[DONE\]\n\n$`)
+	for _, scenario := range []string{"healthy", "no_done", "malformed"} {
+		resp, raw := e2eArb.post(t, scenario, `{"model":"e2e-raw-`+scenario+`","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`)
+		if resp.StatusCode != http.StatusOK || !ending.Match(raw) {
+			t.Errorf("%s: status %d, want 200 and the cost comment and [DONE] at the end:\n%s", scenario, resp.StatusCode, raw)
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if data, ok := strings.CutPrefix(line, "data: {"); ok && !json.Valid([]byte("{"+data)) {
+				t.Errorf("%s: forwarded an invalid event: %s", scenario, line)
+			}
+		}
 	}
 }
 
@@ -278,8 +292,9 @@ func TestE2ESDKNoRetryMultiplication(t *testing.T) {
 	}{
 		{"502 all failed", "all_fail", []string{"fail_503", "fail_502"}, []int{502}, map[string]int{"fail_503": 2, "fail_502": 2}},
 		{"504 deadline", "deadline", []string{"silent"}, []int{504}, map[string]int{"silent": 1}},
-		// arbstr never relays a 429: the only provider's 429 is a 502 to the SDK.
-		{"429 only provider", "rate_limit_only", []string{"limited_only"}, []int{502}, map[string]int{"limited_only": 1}},
+		// The only provider's 429 is a 429 with Retry-After: 1 to the SDK,
+		// which waits it out; each SDK try costs one upstream call.
+		{"429 only provider", "rate_limit_only", []string{"limited_only"}, []int{429, 429, 429}, map[string]int{"limited_only": 3}},
 		{"400 relayed", "bad_request", []string{"bad_request", "steady"}, []int{400}, map[string]int{"bad_request": 1, "steady": 0}},
 	}
 	for _, c := range cases {

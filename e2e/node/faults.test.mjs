@@ -3,7 +3,7 @@
 // retries off so that what it reports is arbstr's answer.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { APIError, BadRequestError, InternalServerError, NotFoundError } from 'openai';
+import { APIError, BadRequestError, InternalServerError, NotFoundError, RateLimitError } from 'openai';
 import { matrix, startArbstr } from './harness.mjs';
 
 let arb;
@@ -18,6 +18,7 @@ after(async () => {
 function errorClassFor(status) {
   if (status === 400) return BadRequestError;
   if (status === 404) return NotFoundError;
+  if (status === 429) return RateLimitError;
   if (status >= 500) return InternalServerError;
   throw new Error(`no error class expected for ${status}`);
 }

@@ -56,6 +56,8 @@ export async function startArbstr({ fixedPorts = {} } = {}) {
     env: { ...process.env, XDG_DATA_HOME: dir, XDG_CONFIG_HOME: dir },
   });
   fs.closeSync(log);
+  // A test process that dies without after() must not leave Caddy running.
+  process.once('exit', () => child.kill('SIGKILL'));
   let exited = null;
   const exit = new Promise((resolve) => child.once('exit', (code, signal) => resolve((exited = { code, signal }))));
 

@@ -9,7 +9,8 @@ function sees(want, mode) {
   if (want.status !== 200) {
     const extra = [want.should_retry ? '`x-should-retry: false`' : '', want.retry_after ? '`Retry-After`' : ''].filter(Boolean).join(', ');
     const where = mode === 'stream' ? ' before any event' : '';
-    return `${want.status} \`${want.error}\`${where}${extra ? `, ${extra}` : ''} (SDK: ${ERROR_CLASS[want.status]})`;
+    const what = want.provider ? `the provider's own error body (\`${want.error}\`)` : `\`${want.error}\``;
+    return `${want.status} ${what}${where}${extra ? `, ${extra}` : ''} (SDK: ${ERROR_CLASS[want.status]})`;
   }
   if (want.error) {
     return `200, part of the answer, then an error event \`${want.error}\` and a cut connection: the SDK raises`;

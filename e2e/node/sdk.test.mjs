@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
-import { APIError, InternalServerError } from 'openai';
+import { APIError, InternalServerError, RateLimitError } from 'openai';
 import { startArbstr } from './harness.mjs';
 
 const TOOLS = [
@@ -108,7 +108,7 @@ after(async () => {
   await new Promise((r) => capture?.server.close(r));
 });
 
-describe('the SDK against a healthy route', () => {
+describe('streams as the SDK and a raw client see them', () => {
   test('sdk: chat.completions.stream() assembles the answer and is not thrown by the cost comment', async () => {
     const stream = arb.client('healthy').chat.completions.stream({
       model: 'e2e-sdk-helper',
@@ -120,11 +120,18 @@ describe('the SDK against a healthy route', () => {
     assert.equal(final.choices[0].message.content, 'Hello from steady, the provider that answers.');
     assert.equal(final.choices[0].finish_reason, 'stop');
     assert.ok(deltas.length > 1, `content arrived in ${deltas.length} piece(s)`);
+  });
 
-    // The same stream, raw: arbstr's cost travels as an SSE comment line
-    // before [DONE], which the SDK has just skipped.
-    const raw = await (await arb.post('healthy', { model: 'e2e-sdk-raw', stream: true, messages: [{ role: 'user', content: 'Say hello' }] })).text();
-    assert.match(raw, /\n: x-arbstr-cost-sats: \d+\.\d\d\n\ndata: \[DONE\]\n\n$/);
+  test('sdk: raw streams end with the cost comment the SDK skips and [DONE], also when the provider left it out', async () => {
+    for (const scenario of ['healthy', 'no_done', 'malformed']) {
+      const r = await arb.post(scenario, { model: `e2e-raw-${scenario}`, stream: true, messages: [{ role: 'user', content: 'Say hello' }] });
+      const raw = await r.text();
+      assert.equal(r.status, 200, scenario);
+      assert.match(raw, /\n: x-arbstr-cost-sats: \d+\.\d\d\n\ndata: \[DONE\]\n\n$/, scenario);
+      for (const line of raw.split('\n').filter((l) => l.startsWith('data: {'))) {
+        JSON.parse(line.slice('data: '.length)); // a malformed event is dropped, never forwarded
+      }
+    }
   });
 
   test('sdk: chat.completions.stream() rejects a stream cut after commit', async () => {
@@ -263,12 +270,13 @@ describe('the SDK does not multiply upstream calls (default maxRetries 2)', () =
     assert.deepEqual(r.calls, { silent: 1 });
   });
 
-  test('sdk: a 429 from the only provider reaches the SDK as a 502, not a RateLimitError, and is not retried', async () => {
+  test('sdk: a 429 from the only provider reaches the SDK as a RateLimitError with Retry-After, which the SDK waits out', async () => {
     const r = await withDefaultRetries('rate_limit_only', ['limited_only']);
-    assert.deepEqual(r.statuses, [502]);
-    assert.ok(r.error instanceof InternalServerError && r.error.status === 502, `${r.error?.constructor.name}`);
-    assert.match(r.error.message, /429/);
-    assert.deepEqual(r.calls, { limited_only: 1 });
+    assert.deepEqual(r.statuses, [429, 429, 429], 'the SDK retries a rate limit after Retry-After');
+    assert.ok(r.error instanceof RateLimitError, `${r.error?.constructor.name}`);
+    assert.equal(r.error.code, 'rate_limit_exceeded');
+    assert.ok(r.ms >= 1800, `took ${r.ms}ms: the SDK must wait Retry-After (1s) between tries`);
+    assert.deepEqual(r.calls, { limited_only: 3 }, 'one upstream call per SDK try, no more');
   });
 
   test('sdk: a provider 400 is relayed once and not retried', async () => {
