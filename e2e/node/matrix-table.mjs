@@ -3,7 +3,7 @@
 //   node e2e/node/matrix-table.mjs
 import { matrix } from './harness.mjs';
 
-const ERROR_CLASS = { 400: 'BadRequestError', 404: 'NotFoundError', 502: 'InternalServerError', 503: 'InternalServerError', 504: 'InternalServerError' };
+const ERROR_CLASS = { 400: 'BadRequestError', 404: 'NotFoundError', 429: 'RateLimitError', 502: 'InternalServerError', 503: 'InternalServerError', 504: 'InternalServerError' };
 
 function sees(want, mode) {
   if (want.status !== 200) {
