@@ -14,19 +14,6 @@ type usage struct {
 	completionTokens int
 }
 
-// parseUsage finds the top-level "usage" object of a completion or a chunk.
-// A body without one (or one that is not JSON) has unknown usage.
-func parseUsage(body []byte) usage {
-	var u usage
-	_, _ = topLevelObject(body, func(key []byte, v span) error {
-		if string(key) == "usage" && v.kind == kindObject {
-			u = usageFrom(body, v)
-		}
-		return nil
-	})
-	return u
-}
-
 // usageFrom reads prompt_tokens and completion_tokens of a usage object.
 func usageFrom(b []byte, obj span) usage {
 	u := usage{known: true}

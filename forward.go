@@ -121,9 +121,18 @@ func (bufferedDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) 
 	if err != nil {
 		return attemptResult{class: classifyError(at.ctx, ex.r.Context(), err), status: resp.StatusCode, err: err}
 	}
-	u := parseUsage(body)
-	ex.usage = u
+	// A 2xx that is not a completion (an HTML page from a proxy, an error
+	// object some providers send with 200) is a failure to fall over from,
+	// not an answer to pass on.
+	info := inspectChunk(body)
+	switch {
+	case !info.valid:
+		return attemptResult{class: classBadResponse, status: resp.StatusCode, err: errors.New("the answer is not a JSON object")}
+	case info.isError:
+		return attemptResult{class: classInBand, status: resp.StatusCode, err: errors.New("the answer is an error object")}
+	}
+	ex.usage = info.usage
 	ex.commit(at.provider, resp.StatusCode, resp.Header.Get("Content-Type"), int64(len(body)))
 	_, _ = ex.w.Write(body)
-	return attemptResult{class: classNone, status: resp.StatusCode, committed: true, usage: u}
+	return attemptResult{class: classNone, status: resp.StatusCode, committed: true, usage: info.usage}
 }

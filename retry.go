@@ -29,18 +29,19 @@ const (
 	classDeadline                  // the request's deadline passed
 	classBrokenStream              // a committed stream broke
 	classUnexpected                // a status that is neither success nor error
+	classBadResponse               // a 2xx whose body is not a JSON object
 )
 
 func (c failureClass) String() string {
 	return [...]string{"ok", "connection", "server_error", "rate_limited", "auth", "not_found",
-		"timeout", "in_band_error", "client_error", "client_gone", "deadline", "broken_stream", "unexpected_status"}[c]
+		"timeout", "in_band_error", "client_error", "client_gone", "deadline", "broken_stream", "unexpected_status", "bad_response"}[c]
 }
 
 // countsAgainstBreaker reports whether the failure says the provider is
 // unhealthy (SPEC §7), as opposed to the request or the client.
 func (c failureClass) countsAgainstBreaker() bool {
 	switch c {
-	case classConnection, classServer, classAuth, classNotFound, classTimeout, classInBand, classBrokenStream, classUnexpected:
+	case classConnection, classServer, classAuth, classNotFound, classTimeout, classInBand, classBrokenStream, classUnexpected, classBadResponse:
 		return true
 	}
 	return false

@@ -867,6 +867,32 @@ func TestRetryAllRateLimited429(t *testing.T) {
 	}
 }
 
+// A 2xx that is not a completion is a provider failure: arbstr moves on
+// instead of handing the client an HTML page or an error dressed as success.
+func TestRetryNonCompletion2xxMovesOn(t *testing.T) {
+	for name, answer := range map[string]func(w http.ResponseWriter){
+		"html page": func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "text/html")
+			_, _ = io.WriteString(w, "<html>captive portal</html>")
+		},
+		"error object": func(w http.ResponseWriter) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"error":{"message":"upstream overloaded","code":502}}`)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			alpha := rtNewUpstream(t, func(_ int, w http.ResponseWriter, _ *http.Request) { answer(w) })
+			beta := rtNewUpstream(t, nil)
+			tc := startCaddy(t, rtSite(rtProvider("alpha", alpha.url(), 1), rtProvider("beta", beta.url(), 2), rtFast))
+			resp := tc.Post("/v1/chat/completions", rtChat)
+			rtExpectOK(t, resp, "beta")
+			if got := resp.Header.Get("x-arbstr-retries"); got != "1/alpha" {
+				t.Errorf("x-arbstr-retries = %q, want 1/alpha (no retry on the same provider)", got)
+			}
+		})
+	}
+}
+
 func TestRetryDeadline504(t *testing.T) {
 	var alpha, beta *rtUpstream
 	alpha = rtNewUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
