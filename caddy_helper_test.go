@@ -74,6 +74,9 @@ func (tc *testCaddy) Load(siteBody string) {
 	if err := caddy.Load(cfg, true); err != nil {
 		tc.t.Fatalf("loading config: %v\n%s", err, cfg)
 	}
+	// A reload closes idle keep-alive connections: a request sent on one
+	// right after would fail with EOF, as for any client of a reloaded Caddy.
+	http.DefaultClient.CloseIdleConnections()
 	tc.waitReady()
 }
 

@@ -97,7 +97,10 @@ func failedStatus(ex *exchange, at *attempt, resp *http.Response) attemptResult 
 func readAllBounded(r io.Reader, sizeHint int64, limit int64) ([]byte, error) {
 	capacity := int64(4096)
 	if sizeHint > 0 && sizeHint <= limit {
-		capacity = sizeHint + 1
+		// ReadFrom wants MinRead bytes free before each read, the one that
+		// finds the end included: with less it would double the buffer and
+		// copy the whole body once more.
+		capacity = sizeHint + bytes.MinRead
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, capacity))
 	n, err := buf.ReadFrom(io.LimitReader(r, limit+1))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"reflect"
@@ -324,7 +325,6 @@ func FuzzSSEScanner(f *testing.F) {
 		"\n\n\n\ndata:  two spaces\n\n",
 		"data: a\rdata: b\r\r",
 		"\xef\xbb\xbfdata: bom\n\n",
-		"data: " + strings.Repeat("x", 40<<10) + "\n\n",
 		strings.Repeat("data: l\n", 500) + "\n",
 	} {
 		f.Add([]byte(s), uint16(0))
@@ -449,6 +449,38 @@ func TestFuzzSSEScannerEventLimit(t *testing.T) {
 	ev, err := newSSEScanner(strings.NewReader(exact)).next()
 	if err != nil || len(ev.data) != maxEventSize {
 		t.Errorf("an event of exactly the limit: %d bytes, error %v", len(ev.data), err)
+	}
+}
+
+// TestFuzzSSEScannerLongLines covers lines around and past the scanner's
+// 16 KB read buffer, which the fuzzer reaches too slowly (large inputs cut
+// its speed tenfold), in reads of several sizes.
+func TestFuzzSSEScannerLongLines(t *testing.T) {
+	var stream strings.Builder
+	for _, n := range []int{16<<10 - 8, 16<<10 - 7, 16 << 10, 16<<10 + 1, 40 << 10} {
+		fmt.Fprintf(&stream, "data: %s\r\n: %s\n\ndata: short\n\n", strings.Repeat("a", n), strings.Repeat("c", n))
+	}
+	fmt.Fprintf(&stream, "data: %s\ndata: %s\n\n", strings.Repeat("b", 20<<10), strings.Repeat("d", 20<<10))
+	want := fzReferenceSSE([]byte(stream.String()))
+	if len(want) != 11 {
+		t.Fatalf("the reference parser found %d events, want 11", len(want))
+	}
+	for _, size := range []int{1, 7, 4096, 1 << 20} {
+		sc := newSSEScanner(&fzChunkReader{b: []byte(stream.String()), n: size})
+		var got []string
+		for {
+			ev, err := sc.next()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					t.Fatalf("reads of %d: %v", size, err)
+				}
+				break
+			}
+			got = append(got, string(ev.data))
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("reads of %d: %d events, want %d (or different data)", size, len(got), len(want))
+		}
 	}
 }
 

@@ -11,7 +11,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,9 +21,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// hpStream is a 200-event chat stream as a provider sends it: a role
-// chunk, 200 content chunks, the finish chunk, the include_usage chunk and
-// [DONE].
+// hpStream is a chat stream as a provider sends it: a role chunk, events
+// content chunks, the finish chunk, the include_usage chunk and [DONE].
 func hpStream(events int) []byte {
 	var b bytes.Buffer
 	chunk := func(delta, finish string) {
@@ -67,6 +68,7 @@ func BenchmarkSSEScan(b *testing.B) {
 			finished = finished || info.finished
 			usageSeen = usageSeen || info.usageOnly
 		}
+		sc.release() // as deliver does: the read buffer goes back to its pool
 		if events != 204 || !finished || !usageSeen {
 			b.Fatalf("scanned %d events (finished %v, usage %v), want 204 with both", events, finished, usageSeen)
 		}
@@ -118,6 +120,11 @@ http://127.0.0.1:%d {
 			events 200
 		}
 	}
+	handle /stream1/* {
+		arbstr_standin {
+			events 1
+		}
+	}
 }
 http://127.0.0.1:%d {
 	reverse_proxy 127.0.0.1:%d
@@ -133,6 +140,11 @@ http://127.0.0.1:%d {
 			%s
 		}
 	}
+	handle /stream1/* {
+		arbstr {
+			%s
+		}
+	}
 	handle /p1000/* {
 		arbstr {
 			%s
@@ -140,7 +152,8 @@ http://127.0.0.1:%d {
 	}
 }
 `, admin, up, rp, up, arb,
-		hpProviders(1, upURL+"/plain/v1"), hpProviders(1, upURL+"/stream/v1"), hpProviders(1000, upURL+"/plain/v1"))
+		hpProviders(1, upURL+"/plain/v1"), hpProviders(1, upURL+"/stream/v1"),
+		hpProviders(1, upURL+"/stream1/v1"), hpProviders(1000, upURL+"/plain/v1"))
 	if err := caddy.Load(adaptCaddyfile(b, cfg), true); err != nil {
 		b.Fatalf("loading config: %v", err)
 	}
@@ -226,6 +239,8 @@ func BenchmarkServeChat(b *testing.B) {
 		{"nonstream/reverse_proxy", c.rp + "/plain/v1/chat/completions", hpBody(false, 0), false},
 		{"stream200/arbstr", c.arb + "/stream/v1/chat/completions", hpBody(true, 0), true},
 		{"stream200/reverse_proxy", c.rp + "/stream/v1/chat/completions", hpBody(true, 0), false},
+		{"stream1/arbstr", c.arb + "/stream1/v1/chat/completions", hpBody(true, 0), true},
+		{"stream1/reverse_proxy", c.rp + "/stream1/v1/chat/completions", hpBody(true, 0), false},
 		{"body2MB/arbstr", c.arb + "/plain/v1/chat/completions", hpBody(false, 2<<20), true},
 		{"body2MB/reverse_proxy", c.rp + "/plain/v1/chat/completions", hpBody(false, 2<<20), false},
 		{"providers1000/arbstr", c.arb + "/p1000/v1/chat/completions", hpBody(false, 0), true},
@@ -243,5 +258,68 @@ func BenchmarkServeChat(b *testing.B) {
 			// ns/op when other processes compete for the cores.
 			b.ReportMetric(float64(hpCPUTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
 		})
+	}
+}
+
+// TestHotpathStreamReusesUpstreamConnection: after [DONE] the rest of the
+// provider's answer (the end of its chunked body, sent a moment later) is
+// read, so that its HTTP/1.1 connection is reused by the next stream rather
+// than closed (a new TCP and TLS handshake per stream otherwise). A provider
+// that keeps its answer open after [DONE] must not hold up the client.
+func TestHotpathStreamReusesUpstreamConnection(t *testing.T) {
+	var conns atomic.Int64
+	var hang atomic.Bool
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for _, ev := range []string{
+			`{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}`,
+			`{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`,
+			`[DONE]`,
+		} {
+			fmt.Fprintf(w, "data: %s\n\n", ev)
+			w.(http.Flusher).Flush()
+		}
+		if hang.Load() {
+			<-r.Context().Done()
+			return
+		}
+		// The end of the chunked body leaves in its own packet, as it does
+		// from a provider whose handler returns after flushing [DONE].
+		time.Sleep(time.Millisecond)
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	up.Start()
+	t.Cleanup(up.Close)
+	tc := startCaddy(t, "arbstr {\n\tprovider a {\n\t\turl "+up.URL+"/v1\n\t}\n}")
+	const body = `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	stream := func() string {
+		resp := tc.Post("/v1/chat/completions", body)
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d, err %v", resp.StatusCode, err)
+		}
+		return string(b)
+	}
+	for range 10 {
+		if got := stream(); !strings.HasSuffix(got, "data: [DONE]\n\n") {
+			t.Fatalf("stream did not end with [DONE]: %q", got)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("10 streams opened %d connections to the provider, want 1 (reused)", n)
+	}
+
+	hang.Store(true)
+	start := time.Now()
+	if got := stream(); !strings.HasSuffix(got, "data: [DONE]\n\n") {
+		t.Fatalf("stream did not end with [DONE]: %q", got)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a provider holding its answer open after [DONE] held up the client for %s", d)
 	}
 }

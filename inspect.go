@@ -3,6 +3,7 @@ package arbstr
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 )
@@ -27,7 +28,12 @@ type requestFacts struct {
 func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	f := &requestFacts{}
 	var messages, maxTokens, maxCompletion, stream span
+	var lookalike error
 	obj, err := topLevelObject(body, func(key []byte, v span) error {
+		if err := refuseLookalikeKey(key); err != nil {
+			lookalike = err
+			return err
+		}
 		switch string(key) {
 		case "model":
 			f.modelSpan = v
@@ -44,7 +50,10 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 		}
 		return nil
 	})
-	if err != nil {
+	switch {
+	case lookalike != nil:
+		return nil, errInvalidRequest("", "%v", lookalike)
+	case err != nil:
 		return nil, errInvalidRequest("", "the request body is not valid JSON: %v", err)
 	}
 	f.object = obj
@@ -79,6 +88,20 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	}
 	return f, nil
 }
+
+// refuseLookalikeKey refuses "MODEL" and the like: providers written in Go
+// match JSON keys ignoring case, so they could act on a key arbstr does not
+// read, and serve (and bill) another model than the one arbstr routed.
+func refuseLookalikeKey(key []byte) error {
+	for _, name := range routingKeys {
+		if len(key) == len(name) && string(key) != name && strings.EqualFold(string(key), name) {
+			return fmt.Errorf("the key %q differs from %q only in case; send %q", key, name, name)
+		}
+	}
+	return nil
+}
+
+var routingKeys = []string{"model", "stream", "messages", "stream_options", "max_tokens", "max_completion_tokens"}
 
 func (f *requestFacts) inspectStreamOptions(body []byte) *apiError {
 	switch f.streamOptions.kind {

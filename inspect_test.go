@@ -107,6 +107,8 @@ func TestInspectRequestBadInput(t *testing.T) {
 		{"messages null", `{"model":"m","messages":null}`, "messages"},
 		{"stream string", `{"model":"m","messages":[],"stream":"true"}`, "stream"},
 		{"stream number", `{"model":"m","messages":[],"stream":1}`, "stream"},
+		{"model key in other case", `{"model":"cheap","messages":[],"MODEL":"dear"}`, ""},
+		{"stream key in other case", `{"model":"m","messages":[],"Stream":true}`, ""},
 		{"stream object", `{"model":"m","messages":[],"stream":{}}`, "stream"},
 		{"stream_options not an object", `{"model":"m","messages":[],"stream":true,"stream_options":true}`, "stream_options"},
 	}

@@ -261,7 +261,7 @@ func (s *jsonScanner) object(i int, fn fieldFunc) (int, error) {
 			return 0, err
 		}
 		key := s.b[i+1 : keyEnd-1]
-		if bytes.IndexByte(key, '\\') >= 0 {
+		if fn != nil && bytes.IndexByte(key, '\\') >= 0 {
 			// A provider's parser reads "mod\u0065l" as "model" and would
 			// take its value: arbstr must see the same key.
 			key = decodeKey(s.b[i:keyEnd])

@@ -343,6 +343,10 @@ func (h *Handler) Cleanup() error {
 	if h.health != nil {
 		h.health.release()
 	}
+	if h.client != nil {
+		// In-flight requests keep theirs; idle ones would linger for 90s.
+		h.client.CloseIdleConnections()
+	}
 	return nil
 }
 

@@ -250,7 +250,7 @@ func TestSecurityKeysNeverLeak(t *testing.T) {
 		prov("secenvvar", envVarUp.url(), "", "envvar-model") +
 		"\t\tretry {\n\t\t\tattempts 1\n\t\t\tbackoff 10ms\n\t\t}\n" +
 		"\t\tbreaker {\n\t\t\tfailures 1\n\t\t\topen 30s\n\t\t}\n" +
-		"\t\ttimeout 600ms\n\t\tfirst_event_timeout 500ms\n\t\tstream_idle_timeout 500ms\n\t\tmax_body 4KB\n\t}\n"
+		"\t\ttimeout 1s\n\t\tfirst_event_timeout 800ms\n\t\tstream_idle_timeout 800ms\n\t\tmax_body 4KB\n\t}\n"
 	sc := secStart(t, site)
 
 	chat := func(model string, stream bool) string {

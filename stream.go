@@ -287,7 +287,9 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 			return p.end(err)
 		}
 		if bytes.Equal(ev.data, doneMarker) {
-			return p.done()
+			res := p.done()
+			p.drain()
+			return res
 		}
 		data = ev.data
 		info = inspectChunk(data)
@@ -394,6 +396,26 @@ func (p *pump) end(err error) attemptResult {
 	p.write(e.body())
 	p.abort()
 	return attemptResult{class: classBrokenStream, committed: true, err: err}
+}
+
+// drainLimit and drainTimeout bound what is read of a provider's answer
+// after its [DONE].
+const (
+	drainLimit   = 4 << 10
+	drainTimeout = 100 * time.Millisecond
+)
+
+var errDrainTimeout = errors.New("provider answer went on after [DONE]")
+
+// drain reads the rest of the provider's answer after [DONE], normally only
+// the end of its chunked encoding: an HTTP/1.1 connection whose answer was
+// not read to the end is closed instead of going back to the pool, and the
+// next stream would pay a new TCP (and TLS) handshake. A provider that sends
+// more, or keeps the answer open, is cut off.
+func (p *pump) drain() {
+	t := time.AfterFunc(drainTimeout, func() { p.at.cancel(errDrainTimeout) })
+	defer t.Stop()
+	_, _ = io.Copy(io.Discard, io.LimitReader(p.sc.r, drainLimit))
 }
 
 func (p *pump) clientGone() attemptResult {

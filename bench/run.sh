@@ -13,13 +13,15 @@
 #     /p1000/ with that many providers (one cheap, all at the same upstream).
 # Measured, in alternating A/B rounds: non-streaming throughput and latency
 # (wrk), streaming time to first event and per event, latency by request
-# body size and by number of providers, memory under load and per idle
-# stream. Results: bench/out/results.md (and the table on stdout).
+# body size and by number of providers, Caddy's CPU time per request, memory
+# under load and per idle stream (each variant in a fresh Caddy). Results:
+# bench/out/results.md (and the table on stdout), raw figures in raw.txt,
+# heap profiles of the held streams in heap-held-*.pprof / *.top.txt.
 #
-#   bench/run.sh             full run (~5 minutes)
+#   bench/run.sh             full run (~3-4 minutes)
 #   QUICK=1 bench/run.sh     smoke check (~1 minute)
 #   PROFILE=1 bench/run.sh   also CPU profiles of Caddy under the non-streaming
-#                            load, arbstr and reverse_proxy (bench/out/*.pprof)
+#                            load, arbstr and reverse_proxy (bench/out/cpu-*)
 #
 # It exits non-zero only when something fails (a build, a non-2xx answer, a
 # broken stream), never because a figure is slow: it is a benchmark.
@@ -33,9 +35,9 @@ PROFILE=${PROFILE:-0}
 CONNS=32
 THREADS=2
 if [ "$QUICK" = 1 ]; then
-	ROUNDS=2 NS_SECS=2 LAT_SECS=1 STREAMS=10 HOLD=200
+	ROUNDS=2 NS_SECS=2 LAT_SECS=1 STREAMS=30 HOLD=200
 else
-	ROUNDS=4 NS_SECS=5 LAT_SECS=3 STREAMS=50 HOLD=1000
+	ROUNDS=4 NS_SECS=5 LAT_SECS=3 STREAMS=200 HOLD=1000
 fi
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -160,22 +162,28 @@ EOF
 } >"$CADDYFILE"
 
 # --- Caddy ------------------------------------------------------------------
-log "starting Caddy (admin $ADMIN)"
-bin/caddy run --config "$CADDYFILE" --adapter caddyfile >"$OUT/caddy.log" 2>&1 &
-CADDY_PID=$!
-cleanup() {
-	if kill -0 "$CADDY_PID" 2>/dev/null; then
+CADDY_PID=
+start_caddy() {
+	log "starting Caddy (admin $ADMIN)"
+	bin/caddy run --config "$CADDYFILE" --adapter caddyfile >>"$OUT/caddy.log" 2>&1 &
+	CADDY_PID=$!
+	for _ in $(seq 200); do
+		curl -fsS -o /dev/null "$ARB/plain/v1/models" 2>/dev/null && return 0
+		kill -0 "$CADDY_PID" 2>/dev/null || { cat "$OUT/caddy.log" >&2; die "Caddy exited"; }
+		sleep 0.1
+	done
+	die "Caddy did not come up; see $OUT/caddy.log"
+}
+stop_caddy() {
+	if [ -n "$CADDY_PID" ] && kill -0 "$CADDY_PID" 2>/dev/null; then
 		kill "$CADDY_PID" 2>/dev/null || true
 		wait "$CADDY_PID" 2>/dev/null || true
 	fi
+	CADDY_PID=
 }
-trap cleanup EXIT
-for _ in $(seq 200); do
-	curl -fsS -o /dev/null "$ARB/plain/v1/models" 2>/dev/null && break
-	kill -0 "$CADDY_PID" 2>/dev/null || { cat "$OUT/caddy.log" >&2; die "Caddy exited"; }
-	sleep 0.1
-done
-curl -fsS -o /dev/null "$ARB/plain/v1/models" || die "Caddy did not come up; see $OUT/caddy.log"
+trap stop_caddy EXIT
+: >"$OUT/caddy.log"
+start_caddy
 
 # check URL BODY [PROVIDER]: one request must succeed (and be served by
 # PROVIDER), so that no figure below is the speed of an error.
@@ -215,14 +223,25 @@ url_of() { # VARIANT PATH
 # so that drift over the run weighs on both alike.
 order() { if (($1 % 2)); then echo "arbstr rp"; else echo "rp arbstr"; fi; }
 
-# wrk_run CONNS THREADS SECS URL BODY: prints the WRK line's pairs.
+# Caddy's CPU time (user + system, all threads) in clock ticks: a steadier
+# figure than wall time when the load generator and other processes compete
+# for the cores. It includes the stand-in's share, the same for A and B.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$CADDY_PID/stat"; }
+# per N TICKS: CPU µs per unit
+per() { awk -v n="$1" -v t="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0) ? (t * 1e6 / hz / n) : 0 }'; }
+
+# wrk_run CONNS THREADS SECS URL BODY: prints the WRK line's pairs and
+# cpu_us, Caddy's CPU time per request.
 wrk_run() {
-	local out
+	local out t0 reqs
+	t0=$(cpu_ticks)
 	out=$(wrk -c "$1" -t "$2" -d "${3}s" --timeout 10s -s bench/wrk.lua "$4" -- "$5" 2>&1) ||
 		die "wrk failed: $out"
 	out=$(grep '^WRK ' <<<"$out") || die "wrk printed no summary"
 	[[ $out == *" errors=0" ]] || die "wrk saw failed requests against $4: $out"
-	echo "${out#WRK }"
+	reqs=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$out")
+	echo "${out#WRK } cpu_us=$(per "$reqs" $(($(cpu_ticks) - t0)))"
 }
 
 hwm_reset() { echo 5 >"/proc/$CADDY_PID/clear_refs"; }
@@ -260,8 +279,10 @@ log "streaming: $ROUNDS rounds × $STREAMS streams of 200 events per variant"
 "$TOOL" stream -url "$(url_of rp stream)" -body "$OUT/body_stream.json" -n 3 -warmup 2 >/dev/null
 for ((r = 1; r <= ROUNDS; r++)); do
 	for v in $(order $r); do
-		res=$("$TOOL" stream -url "$(url_of $v stream)" -body "$OUT/body_stream.json" -n "$STREAMS" -events 200) ||
+		t0=$(cpu_ticks)
+		res=$("$TOOL" stream -url "$(url_of $v stream)" -body "$OUT/body_stream.json" -n "$STREAMS" -warmup 0 -events 200) ||
 			die "streaming benchmark failed ($v)"
+		res="$res cpu_us=$(per "$STREAMS" $(($(cpu_ticks) - t0)))"
 		record stream $v $r "$res"
 		log "  round $r $v: $res"
 	done
@@ -293,10 +314,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # --- 4. memory per idle stream -----------------------------------------------
-log "idle streams: $HOLD held open at once, per variant"
+# A fresh Caddy for each variant: the Go heap and RSS keep the marks of
+# earlier work, which would flatter whichever variant came second.
+log "idle streams: $HOLD held open at once, per variant, each in a fresh Caddy"
 for v in rp arbstr; do
-	res=$("$TOOL" hold -url "$(url_of $v stall)" -body "$OUT/body_stream.json" -n "$HOLD" -admin "$ADMIN" -pid "$CADDY_PID") ||
-		die "holding $HOLD streams failed ($v)"
+	stop_caddy
+	start_caddy
+	res=$("$TOOL" hold -url "$(url_of $v stall)" -body "$OUT/body_stream.json" -n "$HOLD" -admin "$ADMIN" -pid "$CADDY_PID" \
+		-heapprofile "$OUT/heap-held-$v.pprof") || die "holding $HOLD streams failed ($v)"
+	go tool pprof -top -sample_index=inuse_space -nodecount=25 bin/caddy "$OUT/heap-held-$v.pprof" \
+		>"$OUT/heap-held-$v.top.txt" 2>/dev/null || true
 	record idle $v 1 "$(tr '\n' ' ' <<<"$res")"
 	log "  $v: $(tr '\n' ' ' <<<"$res")"
 done

@@ -22,6 +22,8 @@ type reportRow struct {
 	unit   string // how values are shown: req/s, us, kb_as_mb, b, n
 	target string // "ge1", "le1" or "" (for information)
 	diff   bool   // show a - b, the absolute overhead
+	// noRatio: the values may be about zero or negative; a ratio means nothing.
+	noRatio bool
 }
 
 type reportSection struct {
@@ -31,40 +33,59 @@ type reportSection struct {
 
 func k(group, metric, variant string) figureKey { return figureKey{group, metric, variant} }
 
+func info(r reportRow) reportRow {
+	r.noRatio = true
+	return r
+}
+
 func reportSections() []reportSection {
 	vs := func(label, group, metric, unit, target string, diff bool) reportRow {
-		return reportRow{label, k(group, metric, "arbstr"), k(group, metric, "rp"), unit, target, diff}
+		return reportRow{label: label, a: k(group, metric, "arbstr"), b: k(group, metric, "rp"), unit: unit, target: target, diff: diff}
 	}
 	sections := []reportSection{
 		{"Non-streaming, 32 connections (baseline: reverse_proxy)", []reportRow{
 			vs("throughput", "nonstream", "rps", "req/s", "ge1", false),
 			vs("latency p50", "nonstream", "p50_us", "us", "le1", true),
 			vs("latency p99", "nonstream", "p99_us", "us", "", true),
+			vs("Caddy CPU time per request", "nonstream", "cpu_us", "us", "", true),
 			vs("peak RSS of Caddy in the round (VmHWM)", "nonstream", "hwm_kb", "kb_as_mb", "", false),
 		}},
 		{"Streaming, 200-event streams one at a time (baseline: reverse_proxy)", []reportRow{
 			vs("time to first event", "stream", "ttfb_us", "us", "le1", true),
-			vs("time per event", "stream", "per_event_us", "us", "le1", true),
+			vs("time per event after the first", "stream", "per_event_us", "us", "le1", true),
+			vs("whole stream, to [DONE]", "stream", "total_us", "us", "", true),
+			vs("Caddy CPU time per stream", "stream", "cpu_us", "us", "", true),
 		}},
 		{"Request body size, 1 connection, latency p50 (baseline: reverse_proxy)", []reportRow{
 			vs("1 KB body", "body_1k", "p50_us", "us", "", true),
 			vs("100 KB body", "body_100k", "p50_us", "us", "", true),
 			vs("2 MB body", "body_2m", "p50_us", "us", "", true),
+			vs("1 KB body: Caddy CPU per request", "body_1k", "cpu_us", "us", "", true),
+			vs("100 KB body: Caddy CPU per request", "body_100k", "cpu_us", "us", "", true),
+			vs("2 MB body: Caddy CPU per request", "body_2m", "cpu_us", "us", "", true),
 		}},
 		{"Providers in the config, 1 connection, latency p50 (baseline: arbstr with 1 provider)", nil},
-		{"1000 idle streams held open (baseline: reverse_proxy)", []reportRow{
-			vs("heap per stream", "idle", "heap_per_stream_b", "b", "", true),
+		{"Idle streams held open at once, each variant in a fresh Caddy (baseline: reverse_proxy)", []reportRow{
+			info(vs("streams held", "idle", "streams", "n0", "", false)),
+			vs("live heap per stream", "idle", "heap_per_stream_b", "b", "", true),
 			vs("goroutine stacks per stream", "idle", "stack_per_stream_b", "b", "", true),
 			vs("RSS per stream", "idle", "rss_per_stream_b", "b", "", true),
 			vs("goroutines per stream", "idle", "goroutines_per_stream", "n", "", false),
-			vs("heap after closing them, minus before", "idle", "heap_growth_after_kb", "kb", "", false),
+			info(vs("heap after closing them, minus before", "idle", "heap_growth_after_kb", "kb", "", false)),
+			info(vs("heap after a 2nd open-and-close, minus after the 1st", "idle", "heap_growth_second_kb", "kb", "", false)),
 		}},
 	}
-	for _, n := range []string{"10", "100", "1000"} {
-		sections[3].rows = append(sections[3].rows, reportRow{
-			label: n + " providers", a: k("providers_"+n, "p50_us", "arbstr"), b: k("providers_1", "p50_us", "arbstr"),
-			unit: "us", diff: true,
-		})
+	for _, metric := range []string{"p50_us", "cpu_us"} {
+		for _, n := range []string{"10", "100", "1000"} {
+			label := n + " providers"
+			if metric == "cpu_us" {
+				label += ": Caddy CPU per request"
+			}
+			sections[3].rows = append(sections[3].rows, reportRow{
+				label: label, a: k("providers_"+n, metric, "arbstr"), b: k("providers_1", metric, "arbstr"),
+				unit: "us", diff: true,
+			})
+		}
 	}
 	return sections
 }
@@ -127,12 +148,19 @@ func formatValue(v float64, unit string) string {
 	case "req/s":
 		return fmt.Sprintf("%.0f req/s", v)
 	case "us":
-		if math.Abs(v) >= 10000 {
+		switch a := math.Abs(v); {
+		case a >= 10000:
 			return fmt.Sprintf("%.2f ms", v/1000)
+		case a >= 100:
+			return fmt.Sprintf("%.0f µs", v)
+		case a >= 10:
+			return fmt.Sprintf("%.1f µs", v)
 		}
-		return fmt.Sprintf("%.0f µs", v)
+		return fmt.Sprintf("%.2f µs", v)
 	case "kb_as_mb":
 		return fmt.Sprintf("%.1f MB", v/1024)
+	case "n0":
+		return fmt.Sprintf("%.0f", v)
 	case "kb":
 		return fmt.Sprintf("%.0f KB", v)
 	case "b":
@@ -179,11 +207,13 @@ func (r reportRow) render(figs figures) (string, bool) {
 	if len(a) == 0 || len(b) == 0 {
 		return "", false
 	}
+	// The ratio is that of the medians shown beside it; the range is that
+	// of the ratios of the rounds, each against the baseline of its round.
 	ma, mb := medianOf(a), medianOf(b)
 	rs := ratios(a, b)
-	ratio := "—"
-	if len(rs) > 0 {
-		ratio = fmt.Sprintf("**%.2f×**", median(rs))
+	ratio, ok := "—", !r.noRatio && mb != 0 && ma/mb >= 0
+	if ok {
+		ratio = fmt.Sprintf("**%.2f×**", ma/mb)
 		if len(rs) > 1 {
 			ratio += fmt.Sprintf(" (%.2f–%.2f)", rs[0], rs[len(rs)-1])
 		}
@@ -196,8 +226,8 @@ func (r reportRow) render(figs figures) (string, bool) {
 		}
 	}
 	target := ""
-	if len(rs) > 0 {
-		m := median(rs)
+	if ok {
+		m := ma / mb
 		switch r.target {
 		case "ge1":
 			target = verdict("≥ 1.00", m >= 1.0)

@@ -28,7 +28,7 @@ func runStream(args []string) error {
 		return err
 	}
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 4}}
-	var ttfbs, perEvent []float64
+	var ttfbs, perEvent, totals []float64
 	events := 0
 	for i := 0; i < *warmup+*n; i++ {
 		ttfb, total, ev, err := oneStream(client, *url, body)
@@ -44,8 +44,10 @@ func runStream(args []string) error {
 		events = ev
 		ttfbs = append(ttfbs, us(ttfb))
 		perEvent = append(perEvent, us(total-ttfb)/float64(ev))
+		totals = append(totals, us(total))
 	}
-	fmt.Printf("ttfb_us=%.1f per_event_us=%.3f events=%d streams=%d\n", median(ttfbs), median(perEvent), events, *n)
+	fmt.Printf("ttfb_us=%.1f per_event_us=%.3f total_us=%.1f events=%d streams=%d\n",
+		median(ttfbs), median(perEvent), median(totals), events, *n)
 	return nil
 }
 
@@ -101,5 +103,8 @@ func median(v []float64) float64 {
 	}
 	s := slices.Clone(v)
 	slices.Sort(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
 }

@@ -72,7 +72,7 @@ func main() {
 	flag.Int64Var(&o.maxRequests, "max-requests", 400000, "requests sent at most")
 	flag.Float64Var(&o.streamShare, "stream-share", 0.5, "share of streaming requests")
 	flag.DurationVar(&o.settle, "settle", 150*time.Second, "how long to wait for goroutines to return to the baseline")
-	flag.StringVar(&o.grace, "grace", "10s", "the router's grace_period")
+	flag.StringVar(&o.grace, "grace", "10s", "the router's grace_period (\"\" or 0: none, Caddy's default)")
 	flag.DurationVar(&o.reloadEvery, "reload-every", time.Second, "reload mode: time between reloads")
 	flag.IntVar(&o.streamEvents, "stream-events", 20, "reload mode: content events per stream")
 	flag.DurationVar(&o.streamPace, "stream-pace", 100*time.Millisecond, "reload mode: time between stream events")
@@ -118,8 +118,8 @@ func soakStandins() []*standin {
 		{name: "s-errevent", directives: []string{"fault error_event"}, inputRate: 700, outputRate: 200, baseFee: 0.07, faulty: true},
 		{name: "s-failfirst", directives: []string{"fail_status 500", "fail_first 500"}, inputRate: 950, outputRate: 950, baseFee: 0.1},
 		{name: "s-nofinish", directives: []string{"fault no_finish"}, inputRate: 1000, outputRate: 1000, baseFee: 0.2, streamOnly: true},
-		{name: "s-malformed", directives: []string{"fault malformed", "fault_after 2"}, inputRate: 1000, outputRate: 1000, baseFee: 0.3, streamOnly: true},
-		{name: "s-nodone", directives: []string{"fault no_done"}, inputRate: 1000, outputRate: 1000, baseFee: 0.4, streamOnly: true},
+		{name: "s-malformed", directives: []string{"fault malformed", "fault_after 2"}, inputRate: 1000, outputRate: 1400, baseFee: 0.3, streamOnly: true},
+		{name: "s-nodone", directives: []string{"fault no_done"}, inputRate: 1400, outputRate: 1000, baseFee: 0.3, streamOnly: true},
 		{name: "s-healthy", inputRate: 5000, outputRate: 5000, baseFee: 1},
 	}
 }
@@ -153,6 +153,16 @@ func run(o options) error {
 	} else {
 		o.mode = "soak"
 		standins = soakStandins()
+		for _, s := range standins {
+			// Listed, not "any model": health is kept per listed model,
+			// while a provider serving any model has one breaker for all.
+			s.models = strings.Join(soakModels, " ")
+			if s.faulty {
+				// Only failing providers serve these: every request for
+				// them ends in one of arbstr's own errors (502, 503, 504).
+				s.models += " " + strings.Join(doomedModels, " ")
+			}
+		}
 	}
 	for _, s := range standins {
 		s.port = freePort()
@@ -224,17 +234,17 @@ func (r *rig) soak() error {
 	time.Sleep(time.Second) // let start-up work finish before the baseline
 	before, err := r.sample(admin)
 	if err != nil {
-		return err
+		return fmt.Errorf("baseline: %w", err)
 	}
 	var ghostBefore json.RawMessage
 	if r.o.mode == "reload" {
 		if ghostBefore, err = r.breakGhost(admin); err != nil {
-			return err
+			return fmt.Errorf("ghost provider: %w", err)
 		}
 	}
 	for _, s := range r.standins {
 		if _, err := standinRequests(admin, s, http.MethodDelete); err != nil {
-			return err
+			return fmt.Errorf("resetting %s's counter: %w", s.name, err)
 		}
 	}
 	fmt.Printf("soak: baseline: %s\n", before)
@@ -335,9 +345,13 @@ func (r *rig) soak() error {
 		checks = append(checks, fmt.Sprintf("goroutines did not return to the baseline: %d before, %d after %s", before.goroutines, after.goroutines, waited.Round(time.Second)))
 	}
 	// Go returns memory to the OS lazily, so RSS gets wide slack; a leak
-	// of what a request holds would grow far past it over a soak.
+	// of what a request holds would grow far past it over a soak. The live
+	// heap (measured after a forced GC) gets less.
 	if after.rssKB > before.rssKB+160*1024 {
 		checks = append(checks, fmt.Sprintf("RSS did not come back near the baseline: %d MB before, %d MB after", before.rssKB/1024, after.rssKB/1024))
+	}
+	if after.heapInuse > before.heapInuse+32<<20 {
+		checks = append(checks, fmt.Sprintf("the live heap did not come back near the baseline: %d MB before, %d MB after", before.heapInuse>>20, after.heapInuse>>20))
 	}
 	if faults == 0 && r.o.mode == "soak" {
 		checks = append(checks, "no fault was injected: the soak tested nothing")
@@ -376,7 +390,11 @@ func providersCaddyfile(standins []*standin) string {
 // the first provider's output rate (what a reload changes).
 func (r *rig) routerCaddyfile(port, adminPort, variant int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period %s\n}\n", adminPort, r.o.grace)
+	grace := ""
+	if r.o.grace != "" && r.o.grace != "0" {
+		grace = "\tgrace_period " + r.o.grace + "\n" // none: Caddy waits for ever
+	}
+	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n%s}\n", adminPort, grace)
 	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\tarbstr {\n", port)
 	for i, s := range r.standins {
 		out := s.outputRate
@@ -413,6 +431,9 @@ func (r *rig) routerCaddyfile(port, adminPort, variant int) string {
 // models multiply the probes of failing providers.
 var soakModels = []string{"soak-0", "soak-1", "soak-2", "soak-3", "soak-4", "soak-5", "soak-6", "soak-7"}
 
+// doomedModels are served by failing providers only.
+var doomedModels = []string{"doomed-0", "doomed-1"}
+
 type plan struct {
 	stream   bool
 	badJSON  bool
@@ -439,6 +460,9 @@ func (r *rig) newPlan() plan {
 	model := "rl-model"
 	if r.o.mode == "soak" {
 		model = soakModels[rand.IntN(len(soakModels))]
+		if rand.Float64() < 0.05 {
+			model = doomedModels[rand.IntN(len(doomedModels))]
+		}
 	}
 	msg := strings.Repeat("word ", 1+rand.IntN(400))
 	req := map[string]any{
@@ -484,7 +508,11 @@ func (r *rig) one(n int64) {
 			r.fail(n, "status %d during reloads: %s", resp.StatusCode, body)
 			return
 		}
-		r.expectError(n, resp, "valid request", http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout)
+		// README "Failures, retries and fallback": 502 every candidate
+		// failed, 503 every candidate open or cooling down, 504 deadline,
+		// 429 every failure was a 429.
+		r.expectError(n, resp, "valid request", http.StatusBadGateway, http.StatusServiceUnavailable,
+			http.StatusGatewayTimeout, http.StatusTooManyRequests)
 	case p.stream:
 		r.checkStream(n, resp, p, cancel)
 	default:
@@ -544,9 +572,9 @@ func (r *rig) expectError(n int64, resp *http.Response, what string, statuses ..
 			r.fail(n, "%d without x-should-retry: false", resp.StatusCode)
 			return
 		}
-	case http.StatusServiceUnavailable:
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		if resp.Header.Get("Retry-After") == "" {
-			r.fail(n, "503 without Retry-After")
+			r.fail(n, "%d without Retry-After", resp.StatusCode)
 			return
 		}
 	}
@@ -878,6 +906,12 @@ func (r *rig) sample(admin *http.Client) (sample, error) {
 		return s, fmt.Errorf("goroutine profile: %q: %v", first, err)
 	}
 	s.rssKB = rssKB(r.router.cmd.Process.Pid)
+	// The heap profile with gc=1 runs a garbage collection first, so that
+	// the heap figure is live data, not garbage waiting for the next GC.
+	if resp, err := admin.Get(r.adminURL + "/debug/pprof/heap?gc=1"); err == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
 	if resp, err := admin.Get(r.adminURL + "/debug/vars"); err == nil {
 		var vars struct {
 			Memstats struct {
