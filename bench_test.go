@@ -42,7 +42,7 @@ func BenchmarkChoose(b *testing.B) {
 	if apiErr != nil {
 		b.Fatal(apiErr.message)
 	}
-	in := selectionInput{model: facts.model, lastUserText: facts.lastUserText,
+	in := selectionInput{model: facts.model, lastUserText: facts.lastUserText(),
 		inTokens: facts.textBytes / 4, outTokens: facts.maxTokens}
 	policies := []*policy{
 		newPolicy(&Policy{Name: "fast", Keywords: []string{"urgent", "quick"}}),

@@ -112,7 +112,7 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 	if ex.idempotencyKey == "" {
 		ex.idempotencyKey = ex.requestID
 	}
-	pl, apiErr := choose(h.providers, h.policies, selectionInputFor(r, facts), h.health.available, time.Now())
+	pl, apiErr := choose(h.providers, h.policies, selectionInputFor(r, facts, h.keywordPolicies), h.health.snapshot(), time.Now())
 	if apiErr != nil {
 		ex.fail(apiErr)
 		return

@@ -146,9 +146,19 @@ func (reg *healthRegistry) release() {
 
 // available tells whether p may be tried for model now; if not, when.
 func (reg *healthRegistry) available(p *provider, model string) (bool, time.Time) {
+	return reg.availableAt(p, model, reg.now())
+}
+
+// snapshot is available at one instant, for choosing among many providers
+// with one reading of the clock.
+func (reg *healthRegistry) snapshot() availability {
+	now := reg.now()
+	return func(p *provider, model string) (bool, time.Time) { return reg.availableAt(p, model, now) }
+}
+
+func (reg *healthRegistry) availableAt(p *provider, model string, now time.Time) (bool, time.Time) {
 	ph := reg.byName[p.name]
 	model = metricModel(p, model) // bounded keys: client model names never grow the map
-	now := reg.now()
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
 	m := ph.models[model]

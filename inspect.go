@@ -17,7 +17,8 @@ type requestFacts struct {
 	clientUsage    bool // the client asked for stream_options.include_usage: true
 	streamOptions  span
 	maxTokens      int
-	lastUserText   string // lower-cased text of the last user message
+	lastUser       span   // content of the last user message
+	body           []byte
 	textBytes      int    // bytes of message text, for the input token estimate
 	object         span   // the top-level object
 	includeUsageAt span   // stream_options.include_usage, when present
@@ -57,6 +58,7 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 		return nil, errInvalidRequest("", "the request body is not valid JSON: %v", err)
 	}
 	f.object = obj
+	f.body = body
 	if f.modelSpan.kind != kindString {
 		return nil, errInvalidRequest("model", "'model' is required and must be a string")
 	}
@@ -155,10 +157,18 @@ func (f *requestFacts) inspectMessages(body []byte, messages span) *apiError {
 	if err != nil {
 		return errOrNil(err)
 	}
-	if lastUser.present() {
-		f.lastUserText = strings.ToLower(contentText(body, lastUser))
-	}
+	f.lastUser = lastUser
 	return nil
+}
+
+// lastUserText is the lower-cased text of the last user message. It is
+// decoded only when a keyword policy needs it: for a large message that is
+// most of the cost of inspecting a request.
+func (f *requestFacts) lastUserText() string {
+	if !f.lastUser.present() {
+		return ""
+	}
+	return strings.ToLower(contentText(f.body, f.lastUser))
 }
 
 // textBytes is the size of the text in a message content: a string, or an
@@ -189,18 +199,14 @@ func textBytes(body []byte, content span) int {
 func contentText(body []byte, content span) string {
 	switch content.kind {
 	case kindString:
-		var s string
-		_ = json.Unmarshal(body[content.start:content.end], &s)
-		return s
+		return decodeString(body[content.start:content.end])
 	case kindArray:
 		var parts []string
 		_ = elements(body, content, func(part span) error {
 			if part.kind == kindObject {
 				_ = members(body, part, func(key []byte, v span) error {
 					if string(key) == "text" && v.kind == kindString {
-						var s string
-						_ = json.Unmarshal(body[v.start:v.end], &s)
-						parts = append(parts, s)
+						parts = append(parts, decodeString(body[v.start:v.end]))
 					}
 					return nil
 				})
@@ -210,6 +216,17 @@ func contentText(body []byte, content span) string {
 		return strings.Join(parts, " ")
 	}
 	return ""
+}
+
+// decodeString decodes a JSON string already validated; one without escapes
+// is its bytes between the quotes.
+func decodeString(raw []byte) string {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw[1 : len(raw)-1])
+	}
+	var s string
+	_ = json.Unmarshal(raw, &s)
+	return s
 }
 
 // edit replaces b[start:end] with text.

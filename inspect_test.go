@@ -67,7 +67,7 @@ func TestInspectRequestFacts(t *testing.T) {
 			if tc.textBytes < 0 {
 				tc.textBytes = f.textBytes
 			}
-			got := []any{f.model, f.stream, f.clientUsage, f.maxTokens, f.lastUserText, f.textBytes}
+			got := []any{f.model, f.stream, f.clientUsage, f.maxTokens, f.lastUserText(), f.textBytes}
 			want := []any{tc.model, tc.stream, tc.clientUsage, tc.maxTokens, tc.lastUser, tc.textBytes}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("model, stream, clientUsage, maxTokens, lastUser, textBytes = %v, want %v", got, want)

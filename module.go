@@ -75,12 +75,15 @@ type Handler struct {
 
 	providers []*provider
 	policies  []*policy
-	retry     retrySettings
-	breaker   breakerSettings
-	health    *healthRegistry
-	metrics   *arbstrMetrics
-	client    *http.Client
-	logger    *zap.Logger
+	// keywordPolicies: some policy is chosen by keywords, so requests'
+	// user text must be read.
+	keywordPolicies bool
+	retry           retrySettings
+	breaker         breakerSettings
+	health          *healthRegistry
+	metrics         *arbstrMetrics
+	client          *http.Client
+	logger          *zap.Logger
 }
 
 // Provider is one OpenAI-compatible upstream and its prices.
@@ -191,6 +194,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, p := range h.Policies {
 		h.policies = append(h.policies, newPolicy(p))
 	}
+	h.keywordPolicies = hasKeywords(h.policies)
 	h.health = loadHealthRegistry(h.providers, h.breaker)
 	m, err := loadMetrics(ctx)
 	if err != nil {

@@ -183,7 +183,7 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 	case len(ranks) == 0:
 		return plan{}, errAllUnhealthy(in.model, firstRetry.Sub(now))
 	}
-	slices.SortStableFunc(ranks, func(a, b ranked) int {
+	slices.SortFunc(ranks, func(a, b ranked) int {
 		switch {
 		case a.cost < b.cost:
 			return -1
@@ -233,16 +233,31 @@ func matchPolicy(policies []*policy, in selectionInput) (*policy, *apiError) {
 // policyHeader is the request header that names a policy.
 const policyHeader = "X-Arbstr-Policy"
 
-func selectionInputFor(r *http.Request, facts *requestFacts) selectionInput {
+// selectionInputFor gathers what choose needs; the user's text is decoded
+// only when keyword policies could match it.
+func selectionInputFor(r *http.Request, facts *requestFacts, keywordPolicies bool) selectionInput {
 	out := facts.maxTokens
 	if out <= 0 {
 		out = defaultOutputTokens
 	}
-	return selectionInput{
+	in := selectionInput{
 		model:        facts.model,
 		policyHeader: strings.TrimSpace(r.Header.Get(policyHeader)),
-		lastUserText: facts.lastUserText,
 		inTokens:     facts.textBytes / 4,
 		outTokens:    out,
 	}
+	if keywordPolicies && in.policyHeader == "" {
+		in.lastUserText = facts.lastUserText()
+	}
+	return in
+}
+
+// hasKeywords reports whether any policy is chosen by keywords.
+func hasKeywords(policies []*policy) bool {
+	for _, p := range policies {
+		if len(p.keywords) > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -40,7 +40,7 @@ func cfgInput(t testing.TB, policyHdr, body string) selectionInput {
 	if policyHdr != "" {
 		r.Header.Set(policyHeader, policyHdr)
 	}
-	return selectionInputFor(r, facts)
+	return selectionInputFor(r, facts, true)
 }
 
 // cfgChat is a request body for model whose messages are given as
