@@ -17,11 +17,11 @@ type requestFacts struct {
 	clientUsage    bool // the client asked for stream_options.include_usage: true
 	streamOptions  span
 	maxTokens      int
-	lastUser       span   // content of the last user message
+	lastUser       span // content of the last user message
 	body           []byte
-	textBytes      int    // bytes of message text, for the input token estimate
-	object         span   // the top-level object
-	includeUsageAt span   // stream_options.include_usage, when present
+	textBytes      int  // bytes of message text, for the input token estimate
+	object         span // the top-level object
+	includeUsageAt span // stream_options.include_usage, when present
 }
 
 // inspectRequest validates a chat completion body and extracts its facts.
