@@ -17,7 +17,7 @@ go test -race -count=1 ./...
 echo "== fuzz targets, $FUZZTIME each"
 for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | sed 's/^func //' | sort); do
 	echo "-- $target"
-	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" .
+	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 5s .
 done
 
 if [ -x e2e/run.sh ]; then
