@@ -491,21 +491,32 @@ func TestRetryConnectionDroppedBeforeResponse(t *testing.T) {
 	}
 }
 
-func TestRetryServerErrorsRetriedThenNext(t *testing.T) {
-	for _, status := range []int{500, 502, 503, 504, 408, 529} {
-		t.Run(strconv.Itoa(status), func(t *testing.T) {
-			alpha := rtNewUpstream(t, rtStatus(status))
-			beta := rtNewUpstream(t, nil)
-			tc := startCaddy(t, rtSite(rtProvider("alpha", alpha.url(), 1), rtProvider("beta", beta.url(), 2), rtFast))
-			resp := tc.Post("/v1/chat/completions", rtChat)
-			if body := rtExpectOK(t, resp, "beta"); body != rtCompletion {
-				t.Errorf("body %q", body)
-			}
-			if got := resp.Header.Get("x-arbstr-retries"); got != "2/alpha" {
-				t.Errorf("x-arbstr-retries = %q, want 2/alpha", got)
-			}
-			rtCounts(t, map[*rtUpstream]int{alpha: 2, beta: 1}, map[*rtUpstream]string{alpha: "alpha", beta: "beta"})
-		})
+// SPEC §6, status rows: server errors are retried on the same provider up
+// to attempts, key/account and missing-model answers are not; both move on.
+func TestRetryFailoverByStatus(t *testing.T) {
+	for _, c := range []struct {
+		statuses   []int
+		alphaCalls int
+		retries    string
+	}{
+		{[]int{500, 502, 503, 504, 408, 529}, 2, "2/alpha"},
+		{[]int{401, 402, 403, 404}, 1, "1/alpha"},
+	} {
+		for _, status := range c.statuses {
+			t.Run(strconv.Itoa(status), func(t *testing.T) {
+				alpha := rtNewUpstream(t, rtStatus(status))
+				beta := rtNewUpstream(t, nil)
+				tc := startCaddy(t, rtSite(rtProvider("alpha", alpha.url(), 1), rtProvider("beta", beta.url(), 2), rtFast))
+				resp := tc.Post("/v1/chat/completions", rtChat)
+				if body := rtExpectOK(t, resp, "beta"); body != rtCompletion {
+					t.Errorf("body %q", body)
+				}
+				if got := resp.Header.Get("x-arbstr-retries"); got != c.retries {
+					t.Errorf("x-arbstr-retries = %q, want %s", got, c.retries)
+				}
+				rtCounts(t, map[*rtUpstream]int{alpha: c.alphaCalls, beta: 1}, map[*rtUpstream]string{alpha: "alpha", beta: "beta"})
+			})
+		}
 	}
 }
 
@@ -621,24 +632,6 @@ func TestRetry429LongOrNoHintMovesOnAtOnce(t *testing.T) {
 		rtExpectOK(t, resp, "beta")
 		rtCounts(t, map[*rtUpstream]int{alpha: 1, beta: 1}, map[*rtUpstream]string{alpha: "alpha", beta: "beta"})
 	})
-}
-
-func TestRetryAuthAndNotFoundMoveOnWithoutRetry(t *testing.T) {
-	for _, status := range []int{401, 402, 403, 404} {
-		t.Run(strconv.Itoa(status), func(t *testing.T) {
-			alpha := rtNewUpstream(t, rtStatus(status))
-			beta := rtNewUpstream(t, nil)
-			tc := startCaddy(t, rtSite(rtProvider("alpha", alpha.url(), 1), rtProvider("beta", beta.url(), 2), rtFast))
-			resp := tc.Post("/v1/chat/completions", rtChat)
-			if body := rtExpectOK(t, resp, "beta"); body != rtCompletion {
-				t.Errorf("body %q", body)
-			}
-			if got := resp.Header.Get("x-arbstr-retries"); got != "1/alpha" {
-				t.Errorf("x-arbstr-retries = %q, want 1/alpha", got)
-			}
-			rtCounts(t, map[*rtUpstream]int{alpha: 1, beta: 1}, map[*rtUpstream]string{alpha: "alpha", beta: "beta"})
-		})
-	}
 }
 
 func TestRetryAttemptTimeoutMovesOn(t *testing.T) {
