@@ -210,7 +210,7 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	}
 	ex.h.metrics.observeFirstEvent(at.provider.name, time.Since(at.start))
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
-	sc.beforeRead = p.flushPending
+	sc.beforeRead = p.flushBeforeRead
 	ex.commitStream(at.provider, resp.StatusCode)
 	return p.run(first, info)
 }
@@ -255,15 +255,17 @@ type pump struct {
 	out      []byte
 	pending  bool  // events written and not flushed yet
 	flushErr error // the client could not be written to
+	// idleTimer runs only while waiting for the provider: time spent
+	// blocked on a slow client is not the provider's silence.
+	idleTimer *time.Timer
+	idle      time.Duration
 }
 
 func (p *pump) run(first []byte, info chunkInfo) attemptResult {
-	// The idle timer runs only while waiting for the provider: time spent
-	// blocked on a slow client is not the provider's silence.
-	idle := time.Duration(p.ex.h.StreamIdleTimeout)
-	idleTimer := time.AfterFunc(idle, func() { p.at.cancel(errStreamIdle) })
-	idleTimer.Stop()
-	defer idleTimer.Stop()
+	p.idle = time.Duration(p.ex.h.StreamIdleTimeout)
+	p.idleTimer = time.AfterFunc(p.idle, func() { p.at.cancel(errStreamIdle) })
+	p.idleTimer.Stop()
+	defer p.idleTimer.Stop()
 	// The first event is flushed at once, not with those that came with it:
 	// the time to the first token is what users notice.
 	data, flushNow := first, true
@@ -277,9 +279,9 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 				return p.clientGone()
 			}
 		}
-		idleTimer.Reset(idle)
+		p.idleTimer.Reset(p.idle)
 		ev, err := p.sc.next()
-		idleTimer.Stop()
+		p.idleTimer.Stop()
 		if err != nil {
 			if p.flushErr != nil {
 				return p.clientGone()
@@ -347,6 +349,15 @@ func (p *pump) send(data []byte) bool {
 	}
 	p.pending = true
 	return true
+}
+
+// flushBeforeRead flushes what was written before the scanner waits for
+// the provider, with the idle timer held: a flush blocked by a slow client
+// must not count as the provider's silence.
+func (p *pump) flushBeforeRead() error {
+	p.idleTimer.Stop()
+	defer p.idleTimer.Reset(p.idle)
+	return p.flushPending()
 }
 
 // flushPending flushes the events written since the last flush.

@@ -933,3 +933,33 @@ func TestStreamScannerReusesBuffers(t *testing.T) {
 		t.Errorf("%.1f allocations per event; the scanner should reuse its buffers", allocs)
 	}
 }
+
+// A client that stops reading for a while is not a provider that stopped
+// sending: the stream must complete, and the provider must not be blamed.
+func TestStreamSlowClientIsNotProviderSilence(t *testing.T) {
+	const n = 20000 // several MB: fills the socket buffers while the client pauses
+	up := stNewUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		stHead(w)
+		for i := 0; i < n; i++ {
+			if _, err := fmt.Fprintf(w, "data: %s\n\n", stChunk(strings.Repeat("x", 150))); err != nil {
+				return
+			}
+		}
+		_ = stSend(w, stFinish)
+		_ = stSend(w, "[DONE]")
+	})
+	tc := startCaddy(t, stSite(stOpts{idle: "300ms"}, up))
+	resp := tc.Post("/v1/chat/completions", stStreamBody)
+	head := make([]byte, 4096)
+	if _, err := io.ReadFull(resp.Body, head); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1200 * time.Millisecond) // the client is busy: this pause is the behaviour under test
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("the stream broke while the client paused: %v", err)
+	}
+	if bytes.Contains(rest, []byte("stream_broken")) || !bytes.HasSuffix(bytes.TrimSpace(rest), []byte("data: [DONE]")) {
+		t.Fatalf("stream did not complete; its end: %q", rest[max(0, len(rest)-300):])
+	}
+}
