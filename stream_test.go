@@ -937,7 +937,7 @@ func TestStreamScannerReusesBuffers(t *testing.T) {
 // A client that stops reading for a while is not a provider that stopped
 // sending: the stream must complete, and the provider must not be blamed.
 func TestStreamSlowClientIsNotProviderSilence(t *testing.T) {
-	const n = 20000 // several MB: fills the socket buffers while the client pauses
+	const n = 20000 // ~5 MB: the pump blocks on the client while it pauses
 	up := stNewUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 		stHead(w)
 		for i := 0; i < n; i++ {
@@ -954,7 +954,7 @@ func TestStreamSlowClientIsNotProviderSilence(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, head); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1200 * time.Millisecond) // the client is busy: this pause is the behaviour under test
+	time.Sleep(1500 * time.Millisecond) // the client is busy: this pause is the behaviour under test
 	rest, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatalf("the stream broke while the client paused: %v", err)
