@@ -45,14 +45,15 @@ type attempt struct {
 	timer    *time.Timer // the attempt's limit (stream: until the first event)
 	provider *provider
 	start    time.Time
+	onCommit func() // a stream committed: the provider delivered
 }
 
 // sendAttempt sends one attempt to p and hands a 2xx answer to d.
-func (h *Handler) sendAttempt(ex *exchange, p *provider, body []byte, d delivery) attemptResult {
+func (h *Handler) sendAttempt(ex *exchange, p *provider, body []byte, d delivery, onCommit func()) attemptResult {
 	ctx, cancel := context.WithCancelCause(ex.r.Context())
 	defer cancel(nil)
 	limit, cause := ex.attemptLimit()
-	at := &attempt{ctx: ctx, cancel: cancel, provider: p, start: time.Now()}
+	at := &attempt{ctx: ctx, cancel: cancel, provider: p, start: time.Now(), onCommit: onCommit}
 	at.timer = time.AfterFunc(limit, func() { cancel(cause) })
 	defer at.timer.Stop()
 	ex.attempts++

@@ -82,6 +82,21 @@ type providerHealth struct {
 // Destruct implements caddy.Destructor.
 func (*providerHealth) Destruct() error { return nil }
 
+// maxModelsPerProvider bounds the health kept for a provider that serves
+// any model, whose model names come from clients.
+const maxModelsPerProvider = 256
+
+// key is the name health is kept under: the model's own (a provider can be
+// down for one model and fine for another), or "*" for the models of an
+// any-model provider beyond the first maxModelsPerProvider it was asked for,
+// so that client input cannot grow the map without bound.
+func (ph *providerHealth) key(p *provider, model string) string {
+	if _, tracked := ph.models[model]; tracked || p.served[model] || len(ph.models) < maxModelsPerProvider {
+		return model
+	}
+	return "*"
+}
+
 func (ph *providerHealth) model(name string) *modelHealth {
 	m := ph.models[name]
 	if m == nil {
@@ -158,9 +173,9 @@ func (reg *healthRegistry) snapshot() availability {
 
 func (reg *healthRegistry) availableAt(p *provider, model string, now time.Time) (bool, time.Time) {
 	ph := reg.byName[p.name]
-	model = metricModel(p, model) // bounded keys: client model names never grow the map
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
+	model = ph.key(p, model)
 	m := ph.models[model]
 	if m == nil {
 		return true, time.Time{}
@@ -197,10 +212,10 @@ type ticket struct {
 // open with its one probe already taken: the caller moves on, nobody waits.
 func (reg *healthRegistry) begin(p *provider, model string) (*ticket, bool) {
 	ph := reg.byName[p.name]
-	model = metricModel(p, model) // bounded keys: client model names never grow the map
 	now := reg.now()
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
+	model = ph.key(p, model)
 	m := ph.model(model)
 	t := &ticket{ph: ph, model: model}
 	if now.Before(m.cooldownUntil) {
@@ -272,9 +287,9 @@ func (reg *healthRegistry) abandon(t *ticket) {
 // never shortens an existing cooldown.
 func (reg *healthRegistry) coolDown(p *provider, model string, until time.Time) {
 	ph := reg.byName[p.name]
-	model = metricModel(p, model) // bounded keys: client model names never grow the map
 	ph.mu.Lock()
 	defer ph.mu.Unlock()
+	model = ph.key(p, model)
 	m := ph.model(model)
 	if until.After(m.cooldownUntil) {
 		m.cooldownUntil = until

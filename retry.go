@@ -338,7 +338,9 @@ func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
 		return
 	}
 	if len(ex.records) == 0 {
-		ex.fail(errAllUnhealthy(ex.facts.model, time.Second))
+		// Every candidate turned unavailable between choosing and trying
+		// (another request took the probe, or a circuit just opened).
+		ex.fail(errAllUnhealthy(ex.facts.model, h.firstRetry(candidates, ex.facts.model)))
 		return
 	}
 	if wait, ok := allRateLimited(ex.records); ok {
@@ -350,14 +352,46 @@ func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
 	ex.fail(errAllFailed(ex.records))
 }
 
+// sendTracked sends one attempt and reports it to the breaker. A stream is
+// reported a success as soon as it commits, so a probe frees the circuit
+// then, not when a long answer ends; a break after that still counts.
+func (h *Handler) sendTracked(ex *exchange, p *provider, t *ticket, body []byte, d delivery) (attemptResult, circuitState) {
+	var state circuitState
+	committed := false
+	res := h.sendAttempt(ex, p, body, d, func() {
+		state = h.health.finish(t, classNone)
+		committed = true
+	})
+	class := res.class
+	if class == classDeadline {
+		// The deadline ended the wait for this provider: it did not answer
+		// in time, and must not stay first in line for every request.
+		class = classTimeout
+	}
+	if !committed || class.countsAgainstBreaker() {
+		state = h.health.finish(t, class)
+	}
+	return res, state
+}
+
+// firstRetry is how long until the first of the candidates may be tried.
+func (h *Handler) firstRetry(candidates []*provider, model string) time.Duration {
+	var first time.Time
+	for _, p := range candidates {
+		if ok, at := h.health.available(p, model); !ok && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+	}
+	return time.Until(first) // errAllUnhealthy rounds it up to at least 1s
+}
+
 // tryProvider runs the tries on one provider. It returns nextProvider to go
 // on, or any other value when the request is finished.
 func (h *Handler) tryProvider(ex *exchange, p *provider, t *ticket, d delivery) next {
 	defer func() { h.health.abandon(t) }()
 	body := upstreamBody(ex.body, ex.facts, p.upstreamModel(ex.facts.model), ex.injectUsage)
 	for try := 1; ; try++ {
-		res := h.sendAttempt(ex, p, body, d)
-		state := h.health.finish(t, res.class)
+		res, state := h.sendTracked(ex, p, t, body, d)
 		h.metrics.observeAttempt(p, ex.facts.model, res.class, state)
 		if res.class == classNone || res.committed {
 			ex.succeeded(p, res)

@@ -212,6 +212,7 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
 	sc.beforeRead = p.flushBeforeRead
 	ex.commitStream(at.provider, resp.StatusCode)
+	at.onCommit()
 	return p.run(first, info)
 }
 
