@@ -142,7 +142,9 @@ func (s retrySettings) wait(n int) time.Duration {
 // Fallbacks is how many providers may be tried after the first: a number, or
 // "all". In JSON it is a number or the string "all".
 type Fallbacks struct {
-	N   int
+	// N is the number of further providers, when All is false.
+	N int
+	// All lets every further candidate be tried.
 	All bool
 }
 
