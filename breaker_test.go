@@ -2,6 +2,7 @@ package arbstr
 
 import (
 	"bufio"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -95,5 +96,30 @@ func TestBreakerStreamingProbeFreesCircuitAtCommit(t *testing.T) {
 	close(release)
 	if got := resp.Header.Get(headerProvider); got != "alpha" {
 		t.Errorf("during the probe's stream a request went to %q, want alpha (the circuit closed at commit)", got)
+	}
+}
+
+// A provider whose streams commit and then always break is failing, however
+// well they start: its circuit opens after `failures` broken streams.
+func TestBreakerStreamsThatAlwaysBreakOpenTheCircuit(t *testing.T) {
+	alpha := hlNewUpstream(t, func(w http.ResponseWriter, _ *http.Request, _ int64) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = w.Write([]byte("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n"))
+		// and the answer ends here, without a finish_reason
+	})
+	beta := hlNewUpstream(t, hlStreamOK)
+	providers := hlProviderBlock("alpha", alpha.base(), "", "", 1, 1, 0) +
+		hlProviderBlock("beta", beta.base(), "", "", 9, 9, 0)
+	tc := startCaddy(t, hlHealthSite(providers, 2, "30s", ""))
+	for i := 1; i <= 3; i++ {
+		resp := tc.Post("/v1/chat/completions", hlChat("gpt-bk", true))
+		_, _ = io.Copy(io.Discard, resp.Body)
+		want := "alpha"
+		if i == 3 {
+			want = "beta"
+		}
+		if got := resp.Header.Get(headerProvider); got != want {
+			t.Fatalf("stream %d served by %q, want %s", i, got, want)
+		}
 	}
 }

@@ -269,6 +269,22 @@ func (reg *healthRegistry) finish(t *ticket, class failureClass) circuitState {
 	return m.state(now)
 }
 
+// committed closes a half-open circuit whose probe's stream has just
+// committed: the provider answers again, and others may use it while the
+// probe's answer goes on. The consecutive failure count is left to the
+// stream's outcome, so a provider whose streams always break still opens.
+func (reg *healthRegistry) committed(t *ticket) {
+	if !t.probe || t.done {
+		return
+	}
+	t.ph.mu.Lock()
+	defer t.ph.mu.Unlock()
+	m := t.ph.model(t.model)
+	m.open = false
+	m.probing = false
+	t.done = true
+}
+
 // abandon frees a probe whose attempt never reported (client gone, deadline,
 // a bug): the circuit stays half open for the next request to probe.
 func (reg *healthRegistry) abandon(t *ticket) {

@@ -354,26 +354,18 @@ func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
 	ex.fail(errAllFailed(ex.records))
 }
 
-// sendTracked sends one attempt and reports it to the breaker. A stream is
-// reported a success as soon as it commits, so a probe frees the circuit
-// then, not when a long answer ends; a break after that still counts.
+// sendTracked sends one attempt and reports it to the breaker. A probe's
+// stream closes the circuit as soon as it commits, not when a long answer
+// ends; the stream's outcome then counts like any other.
 func (h *Handler) sendTracked(ex *exchange, p *provider, t *ticket, body []byte, d delivery) (attemptResult, circuitState) {
-	var state circuitState
-	committed := false
-	res := h.sendAttempt(ex, p, body, d, func() {
-		state = h.health.finish(t, classNone)
-		committed = true
-	})
+	res := h.sendAttempt(ex, p, body, d, func() { h.health.committed(t) })
 	class := res.class
 	if class == classDeadline {
 		// The deadline ended the wait for this provider: it did not answer
 		// in time, and must not stay first in line for every request.
 		class = classTimeout
 	}
-	if !committed || class.countsAgainstBreaker() {
-		state = h.health.finish(t, class)
-	}
-	return res, state
+	return res, h.health.finish(t, class)
 }
 
 // firstRetry is how long until the first of the candidates may be tried.
