@@ -138,5 +138,5 @@ func (bufferedDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) 
 	ex.usage = info.usage
 	ex.commit(at.provider, resp.StatusCode, resp.Header.Get("Content-Type"), int64(len(body)))
 	_, _ = ex.w.Write(body)
-	return attemptResult{class: classNone, status: resp.StatusCode, committed: true, usage: info.usage}
+	return attemptResult{class: classNone, status: resp.StatusCode, committed: true}
 }

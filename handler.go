@@ -161,12 +161,10 @@ type exchange struct {
 	records        []attemptRecord
 	attempts       int
 
-	provider  *provider // the provider that answered, when one did
-	status    int
-	usage     usage
-	outcome   string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
-	committed bool
-	aborted   bool // the response must be cut, not ended cleanly
+	provider *provider // the provider that answered, when one did
+	usage    usage
+	outcome  string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
+	aborted  bool   // the response must be cut, not ended cleanly
 }
 
 func (ex *exchange) remaining() time.Duration { return time.Until(ex.deadline) }
@@ -217,7 +215,7 @@ func (ex *exchange) setCommonHeaders(p *provider) {
 
 // commit writes the response head of a provider's good answer.
 func (ex *exchange) commit(p *provider, status int, contentType string, length int64) {
-	ex.provider, ex.status, ex.committed, ex.outcome = p, status, true, "ok"
+	ex.provider, ex.outcome = p, "ok"
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	if contentType != "" {
@@ -245,7 +243,7 @@ func (ex *exchange) succeeded(p *provider, res attemptResult) {
 
 // relay passes a provider's refusal of the request to the client as it was.
 func (ex *exchange) relay(p *provider, rr *relayedResponse) {
-	ex.provider, ex.status, ex.outcome = p, rr.status, "relayed"
+	ex.provider, ex.outcome = p, "relayed"
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	if rr.contentType != "" {
@@ -258,7 +256,7 @@ func (ex *exchange) relay(p *provider, rr *relayedResponse) {
 
 // fail answers with an error of arbstr's own.
 func (ex *exchange) fail(e *apiError) {
-	ex.status, ex.outcome = e.status, "error"
+	ex.outcome = "error"
 	if len(ex.records) > 0 {
 		ex.w.Header().Set(headerRetries, retriesHeader(ex.records))
 	}
@@ -269,7 +267,6 @@ func (ex *exchange) fail(e *apiError) {
 // clientGone ends a request whose client left: nothing to write.
 func (ex *exchange) clientGone() {
 	ex.outcome = "client_gone"
-	ex.status = 499
 }
 
 // cost is the price of this request in sats, when the usage is known.

@@ -300,7 +300,6 @@ type attemptResult struct {
 	relay *relayedResponse
 	// committed: something was written to the client; no further attempt.
 	committed bool
-	usage     usage
 }
 
 // relayedResponse is a provider's error answer passed through as it was.

@@ -441,7 +441,7 @@ func (p *pump) abort() { p.ex.aborted = true }
 
 // commitStream writes the head of a streaming response.
 func (ex *exchange) commitStream(p *provider, status int) {
-	ex.provider, ex.status, ex.committed, ex.outcome = p, status, true, "ok"
+	ex.provider, ex.outcome = p, "ok"
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
