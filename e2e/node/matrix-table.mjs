@@ -1,5 +1,6 @@
-// Prints the README's fault table from e2e/faults.json, the file both SDK
-// suites assert, so that the table says exactly what the tests check:
+// Prints the fault table of docs/failures-and-streaming.md from
+// e2e/faults.json, the file both SDK suites assert, so that the table says
+// exactly what the tests check:
 //   node e2e/node/matrix-table.mjs
 import { matrix } from './harness.mjs';
 
