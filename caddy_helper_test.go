@@ -138,7 +138,7 @@ func (tc *testCaddy) Post(path, body string, header ...string) *http.Response {
 	resp, err := send()
 	if err != nil && time.Since(tc.reloadedAt) < 3*time.Second {
 		// Right after a reload the old server may close a connection under
-		// the request (README: "Reloads and grace_period"); nothing reached
+		// the request (docs/reliability-and-security.md, "Reloads and grace_period"); nothing reached
 		// arbstr, and a client retries such connection errors.
 		resp, err = send()
 	}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (README: "Run the tests"); .ci/run runs it too.
+# The project's test command (README "Quick start", docs/development.md); .ci/run runs it too.
 # Unit and integration tests (in-process Caddy on free ports of 127.0.0.1)
 # under the race detector, short runs of every fuzz target, then the
 # end-to-end tests that drive the built binary with the official SDKs.

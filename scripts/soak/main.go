@@ -508,7 +508,7 @@ func (r *rig) one(n int64) {
 			r.fail(n, "status %d during reloads: %s", resp.StatusCode, body)
 			return
 		}
-		// README "Failures, retries and fallback": 502 every candidate
+		// docs/failures-and-streaming.md "Failures, retries and fallback": 502 every candidate
 		// failed, 503 every candidate open or cooling down, 504 deadline,
 		// 429 every failure was a 429.
 		r.expectError(n, resp, "valid request", http.StatusBadGateway, http.StatusServiceUnavailable,
