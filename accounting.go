@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/arbstr/caddy-arbstr/internal/jsonscan"
 )
 
 // usage is the token count a provider reported.
@@ -15,13 +17,13 @@ type usage struct {
 }
 
 // usageFrom reads prompt_tokens and completion_tokens of a usage object.
-func usageFrom(b []byte, obj span) usage {
+func usageFrom(b []byte, obj jsonscan.Span) usage {
 	u := usage{known: true}
-	_ = members(b, obj, func(key []byte, v span) error {
-		if v.kind != kindNumber {
+	_ = jsonscan.Members(b, obj, func(key []byte, v jsonscan.Span) error {
+		if v.Kind != jsonscan.Number {
 			return nil
 		}
-		n, err := strconv.Atoi(string(b[v.start:v.end]))
+		n, err := strconv.Atoi(string(b[v.Start:v.End]))
 		if err != nil || n < 0 {
 			return nil
 		}

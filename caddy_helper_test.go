@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/arbstr/caddy-arbstr/standin"
 )
 
 // testCaddy is an in-process Caddy on free ports of 127.0.0.1. Unlike

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/arbstr/caddy-arbstr/internal/sse"
 )
 
 // hpStream is a chat stream as a provider sends it: a role chunk, events
@@ -46,11 +48,11 @@ func BenchmarkSSEScan(b *testing.B) {
 	b.ReportAllocs()
 	events := 0
 	for b.Loop() {
-		sc := newSSEScanner(bytes.NewReader(stream))
+		sc := sse.NewScanner(bytes.NewReader(stream))
 		events = 0
 		finished, usageSeen := false, false
 		for {
-			ev, err := sc.next()
+			ev, err := sc.Next()
 			if err != nil {
 				if !errors.Is(err, io.EOF) {
 					b.Fatal(err)
@@ -58,17 +60,17 @@ func BenchmarkSSEScan(b *testing.B) {
 				break
 			}
 			events++
-			if bytes.Equal(ev.data, doneMarker) {
+			if bytes.Equal(ev.Data, doneMarker) {
 				continue
 			}
-			info := inspectChunk(ev.data)
+			info := inspectChunk(ev.Data)
 			if !info.valid {
-				b.Fatalf("event %d not valid: %s", events, ev.data)
+				b.Fatalf("event %d not valid: %s", events, ev.Data)
 			}
 			finished = finished || info.finished
 			usageSeen = usageSeen || info.usageOnly
 		}
-		sc.release() // as deliver does: the read buffer goes back to its pool
+		sc.Release() // as deliver does: the read buffer goes back to its pool
 		if events != 204 || !finished || !usageSeen {
 			b.Fatalf("scanned %d events (finished %v, usage %v), want 204 with both", events, finished, usageSeen)
 		}

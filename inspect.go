@@ -6,31 +6,33 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/arbstr/caddy-arbstr/internal/jsonscan"
 )
 
 // requestFacts is what arbstr needs to know about a chat completion request,
 // found in one pass over its body without decoding it.
 type requestFacts struct {
 	model          string
-	modelSpan      span
+	modelSpan      jsonscan.Span
 	stream         bool
 	clientUsage    bool // the client asked for stream_options.include_usage: true
-	streamOptions  span
+	streamOptions  jsonscan.Span
 	maxTokens      int
-	lastUser       span // content of the last user message
+	lastUser       jsonscan.Span // content of the last user message
 	body           []byte
-	textBytes      int  // bytes of message text, for the input token estimate
-	object         span // the top-level object
-	includeUsageAt span // stream_options.include_usage, when present
+	textBytes      int           // bytes of message text, for the input token estimate
+	object         jsonscan.Span // the top-level object
+	includeUsageAt jsonscan.Span // stream_options.include_usage, when present
 }
 
 // inspectRequest validates a chat completion body and extracts its facts.
 // Its errors are ready to send to the client.
 func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	f := &requestFacts{}
-	var messages, maxTokens, maxCompletion, stream span
+	var messages, maxTokens, maxCompletion, stream jsonscan.Span
 	var lookalike error
-	obj, err := topLevelObject(body, func(key []byte, v span) error {
+	obj, err := jsonscan.TopLevelObject(body, func(key []byte, v jsonscan.Span) error {
 		if err := refuseLookalikeKey(key); err != nil {
 			lookalike = err
 			return err
@@ -59,28 +61,28 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	}
 	f.object = obj
 	f.body = body
-	if f.modelSpan.kind != kindString {
+	if f.modelSpan.Kind != jsonscan.String {
 		return nil, errInvalidRequest("model", "'model' is required and must be a string")
 	}
-	if err := json.Unmarshal(body[f.modelSpan.start:f.modelSpan.end], &f.model); err != nil || f.model == "" {
+	if err := json.Unmarshal(body[f.modelSpan.Start:f.modelSpan.End], &f.model); err != nil || f.model == "" {
 		return nil, errInvalidRequest("model", "'model' must be a non-empty string")
 	}
-	if messages.kind != kindArray {
+	if messages.Kind != jsonscan.Array {
 		return nil, errInvalidRequest("messages", "'messages' is required and must be an array")
 	}
-	switch stream.kind {
-	case kindInvalid, kindNull:
-	case kindBool:
-		f.stream = body[stream.start] == 't'
+	switch stream.Kind {
+	case jsonscan.Invalid, jsonscan.Null:
+	case jsonscan.Bool:
+		f.stream = body[stream.Start] == 't'
 	default:
 		return nil, errInvalidRequest("stream", "'stream' must be a boolean")
 	}
 	if apiErr := f.inspectStreamOptions(body); apiErr != nil {
 		return nil, apiErr
 	}
-	for _, t := range []span{maxTokens, maxCompletion} {
-		if t.kind == kindNumber {
-			if n, err := strconv.Atoi(string(body[t.start:t.end])); err == nil && n > 0 {
+	for _, t := range []jsonscan.Span{maxTokens, maxCompletion} {
+		if t.Kind == jsonscan.Number {
+			if n, err := strconv.Atoi(string(body[t.Start:t.End])); err == nil && n > 0 {
 				f.maxTokens = n
 			}
 		}
@@ -106,17 +108,17 @@ func refuseLookalikeKey(key []byte) error {
 var routingKeys = []string{"model", "stream", "messages", "stream_options", "max_tokens", "max_completion_tokens"}
 
 func (f *requestFacts) inspectStreamOptions(body []byte) *apiError {
-	switch f.streamOptions.kind {
-	case kindInvalid, kindNull:
+	switch f.streamOptions.Kind {
+	case jsonscan.Invalid, jsonscan.Null:
 		return nil
-	case kindObject:
+	case jsonscan.Object:
 	default:
 		return errInvalidRequest("stream_options", "'stream_options' must be an object")
 	}
-	return errOrNil(members(body, f.streamOptions, func(key []byte, v span) error {
+	return errOrNil(jsonscan.Members(body, f.streamOptions, func(key []byte, v jsonscan.Span) error {
 		if string(key) == "include_usage" {
 			f.includeUsageAt = v
-			f.clientUsage = v.kind == kindBool && body[v.start] == 't'
+			f.clientUsage = v.Kind == jsonscan.Bool && body[v.Start] == 't'
 		}
 		return nil
 	}))
@@ -130,14 +132,14 @@ func errOrNil(err error) *apiError {
 }
 
 // inspectMessages counts message text and finds the last user message.
-func (f *requestFacts) inspectMessages(body []byte, messages span) *apiError {
-	var lastUser span
-	err := elements(body, messages, func(msg span) error {
-		if msg.kind != kindObject {
+func (f *requestFacts) inspectMessages(body []byte, messages jsonscan.Span) *apiError {
+	var lastUser jsonscan.Span
+	err := jsonscan.Elements(body, messages, func(msg jsonscan.Span) error {
+		if msg.Kind != jsonscan.Object {
 			return nil
 		}
-		var role, content span
-		if err := members(body, msg, func(key []byte, v span) error {
+		var role, content jsonscan.Span
+		if err := jsonscan.Members(body, msg, func(key []byte, v jsonscan.Span) error {
 			switch string(key) {
 			case "role":
 				role = v
@@ -149,7 +151,7 @@ func (f *requestFacts) inspectMessages(body []byte, messages span) *apiError {
 			return err
 		}
 		f.textBytes += textBytes(body, content)
-		if role.kind == kindString && string(body[role.start:role.end]) == `"user"` {
+		if role.Kind == jsonscan.String && string(body[role.Start:role.End]) == `"user"` {
 			lastUser = content
 		}
 		return nil
@@ -165,7 +167,7 @@ func (f *requestFacts) inspectMessages(body []byte, messages span) *apiError {
 // decoded only when a keyword policy needs it: for a large message that is
 // most of the cost of inspecting a request.
 func (f *requestFacts) lastUserText() string {
-	if !f.lastUser.present() {
+	if !f.lastUser.Present() {
 		return ""
 	}
 	return strings.ToLower(contentText(f.body, f.lastUser))
@@ -173,17 +175,17 @@ func (f *requestFacts) lastUserText() string {
 
 // textBytes is the size of the text in a message content: a string, or an
 // array of parts whose "text" members count.
-func textBytes(body []byte, content span) int {
-	switch content.kind {
-	case kindString:
-		return content.end - content.start - 2
-	case kindArray:
+func textBytes(body []byte, content jsonscan.Span) int {
+	switch content.Kind {
+	case jsonscan.String:
+		return content.End - content.Start - 2
+	case jsonscan.Array:
 		n := 0
-		_ = elements(body, content, func(part span) error {
-			if part.kind == kindObject {
-				_ = members(body, part, func(key []byte, v span) error {
-					if string(key) == "text" && v.kind == kindString {
-						n += v.end - v.start - 2
+		_ = jsonscan.Elements(body, content, func(part jsonscan.Span) error {
+			if part.Kind == jsonscan.Object {
+				_ = jsonscan.Members(body, part, func(key []byte, v jsonscan.Span) error {
+					if string(key) == "text" && v.Kind == jsonscan.String {
+						n += v.End - v.Start - 2
 					}
 					return nil
 				})
@@ -196,17 +198,17 @@ func textBytes(body []byte, content span) int {
 }
 
 // contentText decodes the text of a message content.
-func contentText(body []byte, content span) string {
-	switch content.kind {
-	case kindString:
-		return decodeString(body[content.start:content.end])
-	case kindArray:
+func contentText(body []byte, content jsonscan.Span) string {
+	switch content.Kind {
+	case jsonscan.String:
+		return decodeString(body[content.Start:content.End])
+	case jsonscan.Array:
 		var parts []string
-		_ = elements(body, content, func(part span) error {
-			if part.kind == kindObject {
-				_ = members(body, part, func(key []byte, v span) error {
-					if string(key) == "text" && v.kind == kindString {
-						parts = append(parts, decodeString(body[v.start:v.end]))
+		_ = jsonscan.Elements(body, content, func(part jsonscan.Span) error {
+			if part.Kind == jsonscan.Object {
+				_ = jsonscan.Members(body, part, func(key []byte, v jsonscan.Span) error {
+					if string(key) == "text" && v.Kind == jsonscan.String {
+						parts = append(parts, decodeString(body[v.Start:v.End]))
 					}
 					return nil
 				})
@@ -242,7 +244,7 @@ func upstreamBody(body []byte, f *requestFacts, upstreamModel string, injectUsag
 	var edits []edit
 	if upstreamModel != f.model {
 		q, _ := json.Marshal(upstreamModel)
-		edits = append(edits, edit{f.modelSpan.start, f.modelSpan.end, q})
+		edits = append(edits, edit{f.modelSpan.Start, f.modelSpan.End, q})
 	}
 	if injectUsage {
 		edits = append(edits, usageEdit(body, f))
@@ -260,24 +262,24 @@ func upstreamBody(body []byte, f *requestFacts, upstreamModel string, injectUsag
 func usageEdit(body []byte, f *requestFacts) edit {
 	const member = `"include_usage":true`
 	switch {
-	case f.includeUsageAt.present():
-		return edit{f.includeUsageAt.start, f.includeUsageAt.end, []byte("true")}
-	case f.streamOptions.kind == kindObject:
-		open := f.streamOptions.start + 1
+	case f.includeUsageAt.Present():
+		return edit{f.includeUsageAt.Start, f.includeUsageAt.End, []byte("true")}
+	case f.streamOptions.Kind == jsonscan.Object:
+		open := f.streamOptions.Start + 1
 		if isEmptyObject(body, f.streamOptions) {
 			return edit{open, open, []byte(member)}
 		}
 		return edit{open, open, []byte(member + ",")}
-	case f.streamOptions.kind == kindNull:
-		return edit{f.streamOptions.start, f.streamOptions.end, []byte("{" + member + "}")}
+	case f.streamOptions.Kind == jsonscan.Null:
+		return edit{f.streamOptions.Start, f.streamOptions.End, []byte("{" + member + "}")}
 	default:
-		closing := f.object.end - 1
+		closing := f.object.End - 1
 		return edit{closing, closing, []byte(`,"stream_options":{` + member + "}")}
 	}
 }
 
-func isEmptyObject(body []byte, obj span) bool {
-	return len(bytes.TrimSpace(body[obj.start+1:obj.end-1])) == 0
+func isEmptyObject(body []byte, obj jsonscan.Span) bool {
+	return len(bytes.TrimSpace(body[obj.Start+1:obj.End-1])) == 0
 }
 
 // applyEdits builds a new buffer from body with non-overlapping edits sorted

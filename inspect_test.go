@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/arbstr/caddy-arbstr/internal/jsonscan"
 )
 
 func TestInspectRequestFacts(t *testing.T) {
@@ -280,7 +282,7 @@ var cfgScanTable = []string{
 func TestInspectScannerAgreesWithEncodingJSON(t *testing.T) {
 	for _, in := range cfgScanTable {
 		b := []byte(in)
-		_, err := topLevelObject(b, nil)
+		_, err := jsonscan.TopLevelObject(b, nil)
 		want := json.Valid(b) && bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n"), []byte("{"))
 		if (err == nil) != want {
 			t.Errorf("%q: scanner error %v, encoding/json valid object %v", in, err, want)
@@ -291,9 +293,9 @@ func TestInspectScannerAgreesWithEncodingJSON(t *testing.T) {
 // TestInspectScannerDepthLimit: unlike encoding/json (10000 levels), the
 // scanner stops at maxJSONDepth; deeper bodies are refused, not crashed on.
 func TestInspectScannerDepthLimit(t *testing.T) {
-	ok := `{"a":` + strings.Repeat("[", maxJSONDepth-1) + strings.Repeat("]", maxJSONDepth-1) + `}`
-	if _, err := topLevelObject([]byte(ok), nil); err != nil {
-		t.Errorf("depth %d refused: %v", maxJSONDepth, err)
+	ok := `{"a":` + strings.Repeat("[", jsonscan.MaxDepth-1) + strings.Repeat("]", jsonscan.MaxDepth-1) + `}`
+	if _, err := jsonscan.TopLevelObject([]byte(ok), nil); err != nil {
+		t.Errorf("depth %d refused: %v", jsonscan.MaxDepth, err)
 	}
 	complete := `{"model":"m","messages":[],"x":` + strings.Repeat("[", 1000) + strings.Repeat("]", 1000) + `}`
 	if _, apiErr := inspectRequest([]byte(complete)); apiErr == nil || apiErr.status != http.StatusBadRequest {
@@ -338,7 +340,7 @@ func TestInspectMutatedBodiesNeverPanic(t *testing.T) {
 					t.Fatalf("panic on %q: %v", b, r)
 				}
 			}()
-			_, scanErr := topLevelObject(b, nil)
+			_, scanErr := jsonscan.TopLevelObject(b, nil)
 			want := json.Valid(b) && bytes.HasPrefix(bytes.TrimLeft(b, " \t\r\n"), []byte("{"))
 			if (scanErr == nil) != want {
 				t.Fatalf("%q: scanner error %v, encoding/json valid object %v", b, scanErr, want)

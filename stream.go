@@ -1,144 +1,17 @@
 package arbstr
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
+
+	"github.com/arbstr/caddy-arbstr/internal/jsonscan"
+	"github.com/arbstr/caddy-arbstr/internal/sse"
 )
-
-// maxEventSize bounds one SSE event; a provider sending more without a
-// blank line is broken, and memory per stream stays bounded.
-const maxEventSize = 4 << 20
-
-var errEventTooLarge = errors.New("SSE event larger than 4 MB")
-
-// sseEvent is one server-sent event: its data lines joined by "\n". Other
-// fields (event:, id:, comments) are not used by the OpenAI protocol.
-type sseEvent struct {
-	data    []byte
-	hasData bool
-}
-
-// sseScanner reads events from a stream, reusing its buffers.
-type sseScanner struct {
-	r    *bufio.Reader
-	data []byte
-	line []byte
-	// beforeRead, when set, runs whenever the scanner is about to read from
-	// the upstream (and may block there) because its buffer is used up.
-	beforeRead func() error
-}
-
-// sseReaders recycles the scanners' 16 KB read buffers: a stream holds one
-// only while it runs, and each new stream would otherwise allocate one.
-var sseReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
-
-func newSSEScanner(r io.Reader) *sseScanner {
-	s := &sseScanner{}
-	s.r = sseReaders.Get().(*bufio.Reader)
-	s.r.Reset(scannerSource{s, r})
-	return s
-}
-
-// release gives the read buffer back; the scanner is unusable afterwards.
-// Events it returned stay valid: their data is not in that buffer.
-func (s *sseScanner) release() {
-	s.r.Reset(nil)
-	sseReaders.Put(s.r)
-	s.r = nil
-}
-
-// scannerSource is the scanner's upstream reader with its beforeRead hook.
-type scannerSource struct {
-	s *sseScanner
-	r io.Reader
-}
-
-func (src scannerSource) Read(b []byte) (int, error) {
-	if src.s.beforeRead != nil {
-		if err := src.s.beforeRead(); err != nil {
-			return 0, err
-		}
-	}
-	return src.r.Read(b)
-}
-
-// next returns the next event that has data. The event's data is valid
-// until the following call. At the end of the stream it returns io.EOF,
-// also when the stream ended in the middle of an event.
-func (s *sseScanner) next() (sseEvent, error) {
-	s.data = s.data[:0]
-	hasData := false
-	for {
-		line, err := s.readLine()
-		if err != nil {
-			return sseEvent{}, err
-		}
-		if len(line) == 0 {
-			if hasData {
-				return sseEvent{data: s.data, hasData: true}, nil
-			}
-			continue
-		}
-		if value, ok := fieldValue(line, "data"); ok {
-			if hasData {
-				s.data = append(s.data, '\n')
-			}
-			if len(s.data)+len(value) > maxEventSize {
-				return sseEvent{}, errEventTooLarge
-			}
-			s.data = append(s.data, value...)
-			hasData = true
-		}
-	}
-}
-
-// readLine returns a line without its ending (\n or \r\n; a bare \r, which
-// no LLM provider sends, is not a line ending here).
-func (s *sseScanner) readLine() ([]byte, error) {
-	line, err := s.r.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) {
-		s.line = append(s.line[:0], line...)
-		for errors.Is(err, bufio.ErrBufferFull) {
-			if len(s.line) > maxEventSize {
-				return nil, errEventTooLarge
-			}
-			line, err = s.r.ReadSlice('\n')
-			s.line = append(s.line, line...)
-		}
-		line = s.line
-	}
-	if err != nil {
-		return nil, err
-	}
-	line = bytes.TrimSuffix(line[:len(line)-1], []byte{'\r'})
-	return line, nil
-}
-
-// fieldValue returns the value of an SSE field line "name: value".
-func fieldValue(line []byte, name string) ([]byte, bool) {
-	if len(line) < len(name) || string(line[:len(name)]) != name {
-		return nil, false
-	}
-	rest := line[len(name):]
-	if len(rest) == 0 {
-		return rest, true
-	}
-	if rest[0] != ':' {
-		return nil, false
-	}
-	rest = rest[1:]
-	if len(rest) > 0 && rest[0] == ' ' {
-		rest = rest[1:]
-	}
-	return rest, true
-}
 
 // chunkInfo is what arbstr needs from one streamed chunk.
 type chunkInfo struct {
@@ -155,11 +28,11 @@ var doneMarker = []byte("[DONE]")
 // inspectChunk reads a chunk's error, finish_reason and usage in one pass.
 func inspectChunk(data []byte) chunkInfo {
 	var info chunkInfo
-	var choices, usageSpan span
-	_, err := topLevelObject(data, func(key []byte, v span) error {
+	var choices, usageSpan jsonscan.Span
+	_, err := jsonscan.TopLevelObject(data, func(key []byte, v jsonscan.Span) error {
 		switch string(key) {
 		case "error":
-			info.isError = v.kind != kindNull
+			info.isError = v.Kind != jsonscan.Null
 		case "choices":
 			choices = v
 		case "usage":
@@ -172,12 +45,12 @@ func inspectChunk(data []byte) chunkInfo {
 	}
 	info.valid = true
 	info.noChoices = true
-	if choices.kind == kindArray {
-		_ = elements(data, choices, func(c span) error {
+	if choices.Kind == jsonscan.Array {
+		_ = jsonscan.Elements(data, choices, func(c jsonscan.Span) error {
 			info.noChoices = false
-			if c.kind == kindObject {
-				_ = members(data, c, func(key []byte, v span) error {
-					if string(key) == "finish_reason" && v.kind == kindString {
+			if c.Kind == jsonscan.Object {
+				_ = jsonscan.Members(data, c, func(key []byte, v jsonscan.Span) error {
+					if string(key) == "finish_reason" && v.Kind == jsonscan.String {
 						info.finished = true
 					}
 					return nil
@@ -186,7 +59,7 @@ func inspectChunk(data []byte) chunkInfo {
 			return nil
 		})
 	}
-	if usageSpan.kind == kindObject {
+	if usageSpan.Kind == jsonscan.Object {
 		info.usage = usageFrom(data, usageSpan)
 		info.usageOnly = info.noChoices
 	}
@@ -198,8 +71,8 @@ func inspectChunk(data []byte) chunkInfo {
 type streamDelivery struct{}
 
 func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
-	sc := newSSEScanner(resp.Body)
-	defer sc.release()
+	sc := sse.NewScanner(resp.Body)
+	defer sc.Release()
 	first, info, res, ok := awaitFirstEvent(ex, at, sc, resp.StatusCode)
 	if !ok {
 		return res
@@ -210,7 +83,7 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	}
 	ex.h.metrics.observeFirstEvent(at.provider.name, time.Since(at.start))
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
-	sc.beforeRead = p.flushBeforeRead
+	sc.BeforeRead = p.flushBeforeRead
 	ex.commitStream(at.provider, resp.StatusCode)
 	at.onCommit()
 	return p.run(first, info)
@@ -220,9 +93,9 @@ var errAttemptCancelled = errors.New("attempt cancelled")
 
 // awaitFirstEvent reads until the first data event that is good JSON and
 // not an error. Anything else before it is a failure of this attempt.
-func awaitFirstEvent(ex *exchange, at *attempt, sc *sseScanner, status int) ([]byte, chunkInfo, attemptResult, bool) {
+func awaitFirstEvent(ex *exchange, at *attempt, sc *sse.Scanner, status int) ([]byte, chunkInfo, attemptResult, bool) {
 	for {
-		ev, err := sc.next()
+		ev, err := sc.Next()
 		if err != nil {
 			class := classifyError(at.ctx, ex.r.Context(), err)
 			if class == classNone {
@@ -230,11 +103,11 @@ func awaitFirstEvent(ex *exchange, at *attempt, sc *sseScanner, status int) ([]b
 			}
 			return nil, chunkInfo{}, attemptResult{class: class, status: status, err: err}, false
 		}
-		if bytes.Equal(ev.data, doneMarker) {
+		if bytes.Equal(ev.Data, doneMarker) {
 			return nil, chunkInfo{}, attemptResult{class: classConnection, status: status,
 				err: errors.New("stream ended before its first event")}, false
 		}
-		info := inspectChunk(ev.data)
+		info := inspectChunk(ev.Data)
 		switch {
 		case !info.valid:
 			continue // malformed events are dropped, before commit as after
@@ -242,7 +115,7 @@ func awaitFirstEvent(ex *exchange, at *attempt, sc *sseScanner, status int) ([]b
 			return nil, chunkInfo{}, attemptResult{class: classInBand, status: status,
 				err: errors.New("in-band error event")}, false
 		}
-		return bytes.Clone(ev.data), info, attemptResult{}, true
+		return bytes.Clone(ev.Data), info, attemptResult{}, true
 	}
 }
 
@@ -250,7 +123,7 @@ func awaitFirstEvent(ex *exchange, at *attempt, sc *sseScanner, status int) ([]b
 type pump struct {
 	ex       *exchange
 	at       *attempt
-	sc       *sseScanner
+	sc       *sse.Scanner
 	rc       *http.ResponseController
 	finished bool
 	out      []byte
@@ -281,7 +154,7 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 			}
 		}
 		p.idleTimer.Reset(p.idle)
-		ev, err := p.sc.next()
+		ev, err := p.sc.Next()
 		p.idleTimer.Stop()
 		if err != nil {
 			if p.flushErr != nil {
@@ -289,12 +162,12 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 			}
 			return p.end(err)
 		}
-		if bytes.Equal(ev.data, doneMarker) {
+		if bytes.Equal(ev.Data, doneMarker) {
 			res := p.done()
 			p.drain()
 			return res
 		}
-		data = ev.data
+		data = ev.Data
 		info = inspectChunk(data)
 	}
 }
@@ -334,7 +207,7 @@ func (p *pump) write(data []byte) bool {
 }
 
 // send writes one data event and leaves it to be flushed when the scanner
-// next has to wait for the upstream (flushPending, its beforeRead): events
+// next has to wait for the upstream (flushPending, its BeforeRead): events
 // that arrived together go out in one flush, as reverse_proxy sends them,
 // and none waits for a later one.
 func (p *pump) send(data []byte) bool {
@@ -427,7 +300,7 @@ var errDrainTimeout = errors.New("provider answer went on after [DONE]")
 func (p *pump) drain() {
 	t := time.AfterFunc(drainTimeout, func() { p.at.cancel(errDrainTimeout) })
 	defer t.Stop()
-	_, _ = io.Copy(io.Discard, io.LimitReader(p.sc.r, drainLimit))
+	_, _ = io.Copy(io.Discard, io.LimitReader(p.sc.Rest(), drainLimit))
 }
 
 func (p *pump) clientGone() attemptResult {

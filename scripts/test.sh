@@ -15,9 +15,15 @@ echo "== unit and integration tests (-race)"
 go test -race -count=1 ./...
 
 echo "== fuzz targets, $FUZZTIME each"
-for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' *_test.go | sed 's/^func //' | sort); do
-	echo "-- $target"
-	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 5s .
+# Every Fuzz function of every package (go test -fuzz takes one package and
+# one target at a time).
+for dir in $(go list -f '{{.Dir}}' ./...); do
+	pkg=./${dir#"$PWD"/}
+	[ "$dir" = "$PWD" ] && pkg=.
+	for target in $(cat /dev/null "$dir"/*_test.go 2>/dev/null | grep -o '^func Fuzz[A-Za-z0-9_]*' | sed 's/^func //' | sort); do
+		echo "-- $pkg $target"
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 5s "$pkg"
+	done
 done
 
 echo "== end-to-end tests"

@@ -9,6 +9,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/arbstr/caddy-arbstr"
+	_ "github.com/arbstr/caddy-arbstr/standin"
 )
 
 func main() {

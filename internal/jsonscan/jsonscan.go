@@ -1,4 +1,8 @@
-package arbstr
+// Package jsonscan is a small, strict JSON scanner. It validates JSON and
+// finds the byte spans of values without decoding them, so that a request
+// body can be inspected in one pass and edited in place (spliced) instead of
+// being decoded and re-encoded.
+package jsonscan
 
 import (
 	"bytes"
@@ -7,40 +11,42 @@ import (
 	"fmt"
 )
 
-// A small, strict JSON scanner. It validates and finds the byte spans of
-// values without decoding them, so that the request body can be inspected
-// in one pass and edited in place instead of being decoded and re-encoded.
+// Kind is the kind of a JSON value, from its first byte.
+type Kind byte
 
-// jsonKind is the kind of a JSON value, from its first byte.
-type jsonKind byte
-
+// The kinds of JSON values; Invalid is the zero Span's kind: no value.
 const (
-	kindInvalid jsonKind = iota
-	kindObject
-	kindArray
-	kindString
-	kindNumber
-	kindBool
-	kindNull
+	Invalid Kind = iota
+	Object
+	Array
+	String
+	Number
+	Bool
+	Null
 )
 
-func (k jsonKind) String() string {
+// String names the kind as an error message to a user would.
+func (k Kind) String() string {
 	return [...]string{"invalid", "object", "array", "string", "number", "boolean", "null"}[k]
 }
 
-// span is a value's position in the buffer: b[start:end].
-type span struct {
-	start, end int
-	kind       jsonKind
+// Span is a value's position in the buffer: b[Start:End].
+type Span struct {
+	Start, End int
+	Kind       Kind
 }
 
-func (s span) present() bool { return s.kind != kindInvalid }
+// Present reports whether the span holds a value.
+func (s Span) Present() bool { return s.Kind != Invalid }
 
-var errMaxDepth = errors.New("JSON nested too deeply")
+// ErrMaxDepth is returned for JSON nested deeper than MaxDepth.
+var ErrMaxDepth = errors.New("JSON nested too deeply")
 
-const maxJSONDepth = 512
+// MaxDepth is the deepest nesting of objects and arrays accepted.
+const MaxDepth = 512
 
-type jsonScanner struct {
+// scanner holds the input and the current nesting depth.
+type scanner struct {
 	b     []byte
 	depth int
 	// trusted: b was validated already, so strings are skipped without
@@ -58,14 +64,14 @@ var plainStringByte = func() (t [256]bool) {
 }()
 
 // syntaxError reports where the JSON broke.
-func (s *jsonScanner) syntaxError(pos int, what string) error {
+func (s *scanner) syntaxError(pos int, what string) error {
 	if pos >= len(s.b) {
 		return fmt.Errorf("unexpected end of JSON input while reading %s", what)
 	}
 	return fmt.Errorf("invalid JSON at byte %d: unexpected %q while reading %s", pos, s.b[pos], what)
 }
 
-func (s *jsonScanner) skipSpace(i int) int {
+func (s *scanner) skipSpace(i int) int {
 	for i < len(s.b) {
 		switch s.b[i] {
 		case ' ', '\t', '\n', '\r':
@@ -78,47 +84,47 @@ func (s *jsonScanner) skipSpace(i int) int {
 }
 
 // value validates the value starting at i (no leading space) and returns its span.
-func (s *jsonScanner) value(i int) (span, error) {
+func (s *scanner) value(i int) (Span, error) {
 	if i >= len(s.b) {
-		return span{}, s.syntaxError(i, "a value")
+		return Span{}, s.syntaxError(i, "a value")
 	}
 	var (
 		end  int
 		err  error
-		kind jsonKind
+		kind Kind
 	)
 	switch c := s.b[i]; {
 	case c == '{':
-		kind = kindObject
+		kind = Object
 		end, err = s.object(i, nil)
 	case c == '[':
-		kind = kindArray
+		kind = Array
 		end, err = s.array(i, nil)
 	case c == '"':
-		kind = kindString
+		kind = String
 		end, err = s.str(i)
 	case c == '-' || (c >= '0' && c <= '9'):
-		kind = kindNumber
+		kind = Number
 		end, err = s.number(i)
 	case c == 't':
-		kind = kindBool
+		kind = Bool
 		end, err = s.literal(i, "true")
 	case c == 'f':
-		kind = kindBool
+		kind = Bool
 		end, err = s.literal(i, "false")
 	case c == 'n':
-		kind = kindNull
+		kind = Null
 		end, err = s.literal(i, "null")
 	default:
-		return span{}, s.syntaxError(i, "a value")
+		return Span{}, s.syntaxError(i, "a value")
 	}
 	if err != nil {
-		return span{}, err
+		return Span{}, err
 	}
-	return span{i, end, kind}, nil
+	return Span{i, end, kind}, nil
 }
 
-func (s *jsonScanner) literal(i int, lit string) (int, error) {
+func (s *scanner) literal(i int, lit string) (int, error) {
 	if len(s.b)-i < len(lit) || string(s.b[i:i+len(lit)]) != lit {
 		return 0, s.syntaxError(i, "a literal")
 	}
@@ -127,7 +133,7 @@ func (s *jsonScanner) literal(i int, lit string) (int, error) {
 
 // str validates a string starting at the quote at i and returns the index
 // after its closing quote.
-func (s *jsonScanner) str(i int) (int, error) {
+func (s *scanner) str(i int) (int, error) {
 	if s.trusted {
 		return s.trustedStr(i), nil
 	}
@@ -169,7 +175,7 @@ func (s *jsonScanner) str(i int) (int, error) {
 
 // trustedStr finds the end of a string known to be valid: the first quote
 // not escaped by an odd run of backslashes.
-func (s *jsonScanner) trustedStr(i int) int {
+func (s *scanner) trustedStr(i int) int {
 	i++
 	for {
 		j := bytes.IndexByte(s.b[i:], '"')
@@ -197,7 +203,7 @@ func isHex4(b []byte) bool {
 	return true
 }
 
-func (s *jsonScanner) number(i int) (int, error) {
+func (s *scanner) number(i int) (int, error) {
 	if s.b[i] == '-' {
 		i++
 	}
@@ -230,22 +236,22 @@ func (s *jsonScanner) number(i int) (int, error) {
 	return i, nil
 }
 
-func (s *jsonScanner) digits(i int) int {
+func (s *scanner) digits(i int) int {
 	for i < len(s.b) && s.b[i] >= '0' && s.b[i] <= '9' {
 		i++
 	}
 	return i
 }
 
-// fieldFunc is called for each member of an object with its key (the bytes
+// FieldFunc is called for each member of an object with its key (the bytes
 // between its quotes; decoded when it holds escapes) and the value's span.
-type fieldFunc func(key []byte, v span) error
+type FieldFunc func(key []byte, v Span) error
 
 // object validates an object starting at i, calling fn (if not nil) for each
 // member, and returns the index after its closing brace.
-func (s *jsonScanner) object(i int, fn fieldFunc) (int, error) {
-	if s.depth++; s.depth > maxJSONDepth {
-		return 0, errMaxDepth
+func (s *scanner) object(i int, fn FieldFunc) (int, error) {
+	if s.depth++; s.depth > MaxDepth {
+		return 0, ErrMaxDepth
 	}
 	defer func() { s.depth-- }()
 	i = s.skipSpace(i + 1)
@@ -279,7 +285,7 @@ func (s *jsonScanner) object(i int, fn fieldFunc) (int, error) {
 				return 0, err
 			}
 		}
-		i = s.skipSpace(v.end)
+		i = s.skipSpace(v.End)
 		if i >= len(s.b) {
 			return 0, s.syntaxError(i, "an object")
 		}
@@ -305,9 +311,9 @@ func decodeKey(quoted []byte) []byte {
 
 // array validates an array starting at i, calling fn (if not nil) for each
 // element, and returns the index after its closing bracket.
-func (s *jsonScanner) array(i int, fn func(v span) error) (int, error) {
-	if s.depth++; s.depth > maxJSONDepth {
-		return 0, errMaxDepth
+func (s *scanner) array(i int, fn func(v Span) error) (int, error) {
+	if s.depth++; s.depth > MaxDepth {
+		return 0, ErrMaxDepth
 	}
 	defer func() { s.depth-- }()
 	i = s.skipSpace(i + 1)
@@ -324,7 +330,7 @@ func (s *jsonScanner) array(i int, fn func(v span) error) (int, error) {
 				return 0, err
 			}
 		}
-		i = s.skipSpace(v.end)
+		i = s.skipSpace(v.End)
 		if i >= len(s.b) {
 			return 0, s.syntaxError(i, "an array")
 		}
@@ -339,41 +345,41 @@ func (s *jsonScanner) array(i int, fn func(v span) error) (int, error) {
 	}
 }
 
-// topLevelObject validates that b is exactly one JSON object (surrounding
+// TopLevelObject validates that b is exactly one JSON object (surrounding
 // space allowed) and calls fn for each of its members.
-func topLevelObject(b []byte, fn fieldFunc) (span, error) {
-	s := &jsonScanner{b: b}
+func TopLevelObject(b []byte, fn FieldFunc) (Span, error) {
+	s := &scanner{b: b}
 	i := s.skipSpace(0)
 	if i >= len(b) {
-		return span{}, errors.New("the body is empty; send a JSON object")
+		return Span{}, errors.New("the body is empty; send a JSON object")
 	}
 	if b[i] != '{' {
 		v, err := s.value(i)
 		if err != nil {
-			return span{}, err
+			return Span{}, err
 		}
-		return span{}, fmt.Errorf("the body is a JSON %s; send a JSON object", v.kind)
+		return Span{}, fmt.Errorf("the body is a JSON %s; send a JSON object", v.Kind)
 	}
 	end, err := s.object(i, fn)
 	if err != nil {
-		return span{}, err
+		return Span{}, err
 	}
 	if j := s.skipSpace(end); j != len(b) {
-		return span{}, s.syntaxError(j, "the end of the body")
+		return Span{}, s.syntaxError(j, "the end of the body")
 	}
-	return span{i, end, kindObject}, nil
+	return Span{i, end, Object}, nil
 }
 
-// members calls fn for each member of an object already validated.
-func members(b []byte, obj span, fn fieldFunc) error {
-	s := &jsonScanner{b: b, trusted: true}
-	_, err := s.object(obj.start, fn)
+// Members calls fn for each member of an object already validated.
+func Members(b []byte, obj Span, fn FieldFunc) error {
+	s := &scanner{b: b, trusted: true}
+	_, err := s.object(obj.Start, fn)
 	return err
 }
 
-// elements calls fn for each element of an array already validated.
-func elements(b []byte, arr span, fn func(v span) error) error {
-	s := &jsonScanner{b: b, trusted: true}
-	_, err := s.array(arr.start, fn)
+// Elements calls fn for each element of an array already validated.
+func Elements(b []byte, arr Span, fn func(v Span) error) error {
+	s := &scanner{b: b, trusted: true}
+	_, err := s.array(arr.Start, fn)
 	return err
 }

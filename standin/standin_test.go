@@ -1,4 +1,4 @@
-package arbstr
+package standin
 
 import (
 	"bufio"
@@ -17,8 +17,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// standinTestChunk is a chat.completion.chunk as a client decodes it.
-type standinTestChunk struct {
+// testChunk is a chat.completion.chunk as a client decodes it.
+type testChunk struct {
 	ID      string `json:"id"`
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
@@ -31,12 +31,12 @@ type standinTestChunk struct {
 		} `json:"delta"`
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
-	Usage *standinUsage `json:"usage"`
+	Usage *usage `json:"usage"`
 }
 
-// standinTestServer serves s; every handler return (or abort) is reported on
+// testServer serves s; every handler return (or abort) is reported on
 // the returned channel.
-func standinTestServer(t *testing.T, s *Standin) (*httptest.Server, <-chan struct{}) {
+func testServer(t *testing.T, s *Provider) (*httptest.Server, <-chan struct{}) {
 	t.Helper()
 	if err := s.Provision(caddy.Context{}); err != nil {
 		t.Fatalf("Provision: %v", err)
@@ -55,9 +55,9 @@ func standinTestServer(t *testing.T, s *Standin) (*httptest.Server, <-chan struc
 	return srv, returned
 }
 
-func standinInt(n int) *int { return &n }
+func intPtr(n int) *int { return &n }
 
-func standinChatBody(model string, stream, includeUsage bool) string {
+func chatBody(model string, stream, includeUsage bool) string {
 	body := map[string]any{
 		"model":  model,
 		"stream": stream,
@@ -73,11 +73,11 @@ func standinChatBody(model string, stream, includeUsage bool) string {
 	return string(data)
 }
 
-// standinPromptTokens is the prompt_tokens expected for standinChatBody:
+// promptTokens is the prompt_tokens expected for chatBody:
 // 16 + 8 bytes of text / 4.
-const standinPromptTokens = 6
+const promptTokens = 6
 
-func standinPost(ctx context.Context, url, body string) (*http.Response, error) {
+func post(ctx context.Context, url, body string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", strings.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -86,9 +86,9 @@ func standinPost(ctx context.Context, url, body string) (*http.Response, error) 
 	return (&http.Client{Transport: &http.Transport{}}).Do(req)
 }
 
-func standinMustPost(t *testing.T, url, body string) *http.Response {
+func mustPost(t *testing.T, url, body string) *http.Response {
 	t.Helper()
-	resp, err := standinPost(t.Context(), url, body)
+	resp, err := post(t.Context(), url, body)
 	if err != nil {
 		t.Fatalf("POST: %v", err)
 	}
@@ -96,7 +96,7 @@ func standinMustPost(t *testing.T, url, body string) *http.Response {
 	return resp
 }
 
-func standinDo(t *testing.T, method, url string) (*http.Response, string) {
+func do(t *testing.T, method, url string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, url, nil)
 	if err != nil {
@@ -114,9 +114,9 @@ func standinDo(t *testing.T, method, url string) (*http.Response, string) {
 	return resp, string(body)
 }
 
-// standinReadEvents returns the payloads of the "data:" lines read before
+// readEvents returns the payloads of the "data:" lines read before
 // the body ended, and the read error (nil on a clean end).
-func standinReadEvents(body io.Reader) ([]string, error) {
+func readEvents(body io.Reader) ([]string, error) {
 	var events []string
 	br := bufio.NewReader(body)
 	for {
@@ -133,29 +133,29 @@ func standinReadEvents(body io.Reader) ([]string, error) {
 	}
 }
 
-func standinDecodeChunk(t *testing.T, event string) standinTestChunk {
+func decodeChunk(t *testing.T, event string) testChunk {
 	t.Helper()
-	var c standinTestChunk
+	var c testChunk
 	if err := json.Unmarshal([]byte(event), &c); err != nil {
 		t.Fatalf("event %q is not JSON: %v", event, err)
 	}
 	return c
 }
 
-// standinStreamSummary is what a client makes of a stream.
-type standinStreamSummary struct {
+// streamSummary is what a client makes of a stream.
+type streamSummary struct {
 	content      strings.Builder
 	contentCount int
 	roleFirst    bool
 	finishCount  int
-	usage        *standinUsage
+	usage        *usage
 	done         bool
 	ids          map[string]bool
 }
 
-func standinSummarize(t *testing.T, events []string, model string) *standinStreamSummary {
+func summarize(t *testing.T, events []string, model string) *streamSummary {
 	t.Helper()
-	sum := &standinStreamSummary{ids: map[string]bool{}}
+	sum := &streamSummary{ids: map[string]bool{}}
 	for i, ev := range events {
 		if ev == "[DONE]" {
 			if i != len(events)-1 {
@@ -164,10 +164,10 @@ func standinSummarize(t *testing.T, events []string, model string) *standinStrea
 			sum.done = true
 			continue
 		}
-		if ev == standinMalformedPayload {
+		if ev == malformedPayload {
 			continue
 		}
-		c := standinDecodeChunk(t, ev)
+		c := decodeChunk(t, ev)
 		sum.ids[c.ID] = true
 		if c.Object != "chat.completion.chunk" || c.Model != model || c.Created == 0 {
 			t.Errorf("event %d: bad object/model/created: %s", i, ev)
@@ -177,7 +177,7 @@ func standinSummarize(t *testing.T, events []string, model string) *standinStrea
 	return sum
 }
 
-func (sum *standinStreamSummary) add(t *testing.T, i int, c standinTestChunk, raw string) {
+func (sum *streamSummary) add(t *testing.T, i int, c testChunk, raw string) {
 	t.Helper()
 	if c.Usage != nil {
 		if !strings.Contains(raw, `"choices":[]`) {
@@ -206,29 +206,29 @@ func (sum *standinStreamSummary) add(t *testing.T, i int, c standinTestChunk, ra
 	}
 }
 
-func TestStandinCompletion(t *testing.T) {
+func TestCompletion(t *testing.T) {
 	tests := []struct {
 		name        string
-		standin     *Standin
+		standin     *Provider
 		wantContent string
 		wantTokens  int
 	}{
-		{"defaults", &Standin{}, "Hello from standin.", 3},
-		{"named", &Standin{Name: "beta"}, "Hello from beta.", 3},
-		{"answer", &Standin{Answer: "Hello from the stand-in."}, "Hello from the stand-in.", 4},
-		{"events", &Standin{Answer: "a b", Events: 5}, "a b a b a", 5},
+		{"defaults", &Provider{}, "Hello from standin.", 3},
+		{"named", &Provider{Name: "beta"}, "Hello from beta.", 3},
+		{"answer", &Provider{Answer: "Hello from the stand-in."}, "Hello from the stand-in.", 4},
+		{"events", &Provider{Answer: "a b", Events: 5}, "a b a b a", 5},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, _ := standinTestServer(t, tt.standin)
-			resp := standinMustPost(t, srv.URL, standinChatBody("gpt-4o", false, false))
+			srv, _ := testServer(t, tt.standin)
+			resp := mustPost(t, srv.URL, chatBody("gpt-4o", false, false))
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" {
 				t.Fatalf("status %d, content-type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 			}
 			if got := resp.Header.Get("x-standin-name"); got != tt.standin.Name {
 				t.Errorf("x-standin-name = %q, want %q", got, tt.standin.Name)
 			}
-			var c standinCompletion
+			var c completion
 			if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
 				t.Fatal(err)
 			}
@@ -241,7 +241,7 @@ func TestStandinCompletion(t *testing.T) {
 			if got := c.Choices[0].Message.Content; got != tt.wantContent {
 				t.Errorf("content = %q, want %q", got, tt.wantContent)
 			}
-			want := standinUsage{standinPromptTokens, tt.wantTokens, standinPromptTokens + tt.wantTokens}
+			want := usage{promptTokens, tt.wantTokens, promptTokens + tt.wantTokens}
 			if c.Usage != want {
 				t.Errorf("usage = %+v, want %+v", c.Usage, want)
 			}
@@ -249,33 +249,33 @@ func TestStandinCompletion(t *testing.T) {
 	}
 }
 
-func TestStandinStream(t *testing.T) {
+func TestStream(t *testing.T) {
 	tests := []struct {
 		name         string
-		standin      *Standin
+		standin      *Provider
 		includeUsage bool
 		wantContent  string
 		wantEvents   int
 	}{
-		{"words", &Standin{Answer: "Hello from the stand-in."}, false, "Hello from the stand-in.", 4},
-		{"words with usage", &Standin{Answer: "Hello from the stand-in."}, true, "Hello from the stand-in.", 4},
-		{"odd spacing", &Standin{Answer: "  two\twords \n"}, false, "  two\twords \n", 2},
-		{"events cycle", &Standin{Answer: "a b c", Events: 7}, true, "a b c a b c a", 7},
-		{"events fewer than words", &Standin{Answer: "a b c", Events: 2}, false, "a b", 2},
-		{"paced", &Standin{Answer: "x y", FirstToken: caddy.Duration(time.Millisecond), Pace: caddy.Duration(time.Millisecond)}, true, "x y", 2},
+		{"words", &Provider{Answer: "Hello from the stand-in."}, false, "Hello from the stand-in.", 4},
+		{"words with usage", &Provider{Answer: "Hello from the stand-in."}, true, "Hello from the stand-in.", 4},
+		{"odd spacing", &Provider{Answer: "  two\twords \n"}, false, "  two\twords \n", 2},
+		{"events cycle", &Provider{Answer: "a b c", Events: 7}, true, "a b c a b c a", 7},
+		{"events fewer than words", &Provider{Answer: "a b c", Events: 2}, false, "a b", 2},
+		{"paced", &Provider{Answer: "x y", FirstToken: caddy.Duration(time.Millisecond), Pace: caddy.Duration(time.Millisecond)}, true, "x y", 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, _ := standinTestServer(t, tt.standin)
-			resp := standinMustPost(t, srv.URL, standinChatBody("m1", true, tt.includeUsage))
+			srv, _ := testServer(t, tt.standin)
+			resp := mustPost(t, srv.URL, chatBody("m1", true, tt.includeUsage))
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" || resp.Header.Get("Cache-Control") != "no-cache" {
 				t.Fatalf("status %d, headers %v", resp.StatusCode, resp.Header)
 			}
-			events, err := standinReadEvents(resp.Body)
+			events, err := readEvents(resp.Body)
 			if err != nil {
 				t.Fatalf("reading stream: %v", err)
 			}
-			sum := standinSummarize(t, events, "m1")
+			sum := summarize(t, events, "m1")
 			if !sum.roleFirst || !sum.done || sum.finishCount != 1 || len(sum.ids) != 1 {
 				t.Errorf("roleFirst=%v done=%v finish=%d ids=%v", sum.roleFirst, sum.done, sum.finishCount, sum.ids)
 			}
@@ -285,88 +285,88 @@ func TestStandinStream(t *testing.T) {
 			if (sum.usage != nil) != tt.includeUsage {
 				t.Fatalf("usage chunk present = %v, want %v", sum.usage != nil, tt.includeUsage)
 			}
-			if sum.usage != nil && (sum.usage.PromptTokens != standinPromptTokens || sum.usage.CompletionTokens != tt.wantEvents) {
+			if sum.usage != nil && (sum.usage.PromptTokens != promptTokens || sum.usage.CompletionTokens != tt.wantEvents) {
 				t.Errorf("usage = %+v", sum.usage)
 			}
-			if want := 2 + tt.wantEvents + standinBoolInt(tt.includeUsage) + 1; len(events) != want {
+			if want := 2 + tt.wantEvents + boolInt(tt.includeUsage) + 1; len(events) != want {
 				t.Errorf("got %d events, want %d: %q", len(events), want, events)
 			}
 		})
 	}
 }
 
-func standinBoolInt(b bool) int {
+func boolInt(b bool) int {
 	if b {
 		return 1
 	}
 	return 0
 }
 
-func TestStandinStreamFaults(t *testing.T) {
+func TestStreamFaults(t *testing.T) {
 	const answer = "one two three four"
 	tests := []struct {
 		name       string
 		fault      string
 		faultAfter *int
 		wantErr    bool // the client sees a read error
-		check      func(t *testing.T, events []string, sum *standinStreamSummary)
+		check      func(t *testing.T, events []string, sum *streamSummary)
 	}{
-		{"cut after 2", standinFaultCut, standinInt(2), true, func(t *testing.T, events []string, sum *standinStreamSummary) {
-			standinExpect(t, sum.contentCount == 2 && sum.finishCount == 0 && !sum.done, "cut stream: %q", events)
+		{"cut after 2", faultCut, intPtr(2), true, func(t *testing.T, events []string, sum *streamSummary) {
+			expect(t, sum.contentCount == 2 && sum.finishCount == 0 && !sum.done, "cut stream: %q", events)
 		}},
-		{"cut before content", standinFaultCut, standinInt(0), true, func(t *testing.T, events []string, sum *standinStreamSummary) {
-			standinExpect(t, len(events) == 1 && sum.roleFirst, "want only the role chunk: %q", events)
+		{"cut before content", faultCut, intPtr(0), true, func(t *testing.T, events []string, sum *streamSummary) {
+			expect(t, len(events) == 1 && sum.roleFirst, "want only the role chunk: %q", events)
 		}},
-		{"cut after all content", standinFaultCut, standinInt(99), true, func(t *testing.T, events []string, sum *standinStreamSummary) {
-			standinExpect(t, sum.content.String() == answer && sum.finishCount == 0, "got %q", events)
+		{"cut after all content", faultCut, intPtr(99), true, func(t *testing.T, events []string, sum *streamSummary) {
+			expect(t, sum.content.String() == answer && sum.finishCount == 0, "got %q", events)
 		}},
-		{"malformed", standinFaultMalformed, nil, false, func(t *testing.T, events []string, sum *standinStreamSummary) {
-			standinExpect(t, len(events) > 2 && events[2] == standinMalformedPayload, "malformed event not third: %q", events)
-			standinExpect(t, sum.content.String() == answer && sum.done && sum.finishCount == 1, "stream must go on: %q", events)
+		{"malformed", faultMalformed, nil, false, func(t *testing.T, events []string, sum *streamSummary) {
+			expect(t, len(events) > 2 && events[2] == malformedPayload, "malformed event not third: %q", events)
+			expect(t, sum.content.String() == answer && sum.done && sum.finishCount == 1, "stream must go on: %q", events)
 		}},
-		{"no_done", standinFaultNoDone, nil, false, func(t *testing.T, events []string, sum *standinStreamSummary) {
-			standinExpect(t, sum.content.String() == answer && sum.finishCount == 1 && sum.usage != nil && !sum.done, "got %q", events)
+		{"no_done", faultNoDone, nil, false, func(t *testing.T, events []string, sum *streamSummary) {
+			expect(t, sum.content.String() == answer && sum.finishCount == 1 && sum.usage != nil && !sum.done, "got %q", events)
 		}},
-		{"no_finish", standinFaultNoFinish, nil, false, func(t *testing.T, events []string, sum *standinStreamSummary) {
-			standinExpect(t, sum.content.String() == answer && sum.finishCount == 0 && sum.usage == nil && !sum.done, "got %q", events)
+		{"no_finish", faultNoFinish, nil, false, func(t *testing.T, events []string, sum *streamSummary) {
+			expect(t, sum.content.String() == answer && sum.finishCount == 0 && sum.usage == nil && !sum.done, "got %q", events)
 		}},
-		{"error_event", standinFaultErrorEvent, nil, false, func(t *testing.T, events []string, _ *standinStreamSummary) {
-			standinExpect(t, len(events) == 1 && events[0] == standinErrorEventData, "got %q", events)
+		{"error_event", faultErrorEvent, nil, false, func(t *testing.T, events []string, _ *streamSummary) {
+			expect(t, len(events) == 1 && events[0] == errorEventData, "got %q", events)
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, _ := standinTestServer(t, &Standin{Answer: answer, Fault: tt.fault, FaultAfter: tt.faultAfter})
-			resp := standinMustPost(t, srv.URL, standinChatBody("m", true, true))
+			srv, _ := testServer(t, &Provider{Answer: answer, Fault: tt.fault, FaultAfter: tt.faultAfter})
+			resp := mustPost(t, srv.URL, chatBody("m", true, true))
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
 				t.Fatalf("status %d, content-type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 			}
-			events, err := standinReadEvents(resp.Body)
+			events, err := readEvents(resp.Body)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("read error = %v, want error: %v", err, tt.wantErr)
 			}
 			if tt.wantErr && !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Errorf("read error = %v, want unexpected EOF", err)
 			}
-			var sum *standinStreamSummary
-			if tt.fault != standinFaultErrorEvent {
-				sum = standinSummarize(t, events, "m")
+			var sum *streamSummary
+			if tt.fault != faultErrorEvent {
+				sum = summarize(t, events, "m")
 			}
 			tt.check(t, events, sum)
 		})
 	}
 }
 
-func standinExpect(t *testing.T, ok bool, format string, args ...any) {
+func expect(t *testing.T, ok bool, format string, args ...any) {
 	t.Helper()
 	if !ok {
 		t.Errorf(format, args...)
 	}
 }
 
-// standinWaitReturned fails the test if the handler does not return soon
+// waitReturned fails the test if the handler does not return soon
 // after its client gave up.
-func standinWaitReturned(t *testing.T, returned <-chan struct{}) {
+func waitReturned(t *testing.T, returned <-chan struct{}) {
 	t.Helper()
 	select {
 	case <-returned:
@@ -375,90 +375,90 @@ func standinWaitReturned(t *testing.T, returned <-chan struct{}) {
 	}
 }
 
-func TestStandinStreamStall(t *testing.T) {
-	srv, returned := standinTestServer(t, &Standin{Answer: "a b c", Fault: standinFaultStall, FaultAfter: standinInt(2)})
+func TestStreamStall(t *testing.T) {
+	srv, returned := testServer(t, &Provider{Answer: "a b c", Fault: faultStall, FaultAfter: intPtr(2)})
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
-	resp, err := standinPost(ctx, srv.URL, standinChatBody("m", true, false))
+	resp, err := post(ctx, srv.URL, chatBody("m", true, false))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	events, err := standinReadEvents(resp.Body)
+	events, err := readEvents(resp.Body)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("read error = %v, want deadline exceeded", err)
 	}
-	sum := standinSummarize(t, events, "m")
+	sum := summarize(t, events, "m")
 	if sum.content.String() != "a b" || sum.contentCount != 2 || sum.finishCount != 0 {
 		t.Errorf("events before stall: %q", events)
 	}
-	standinWaitReturned(t, returned)
+	waitReturned(t, returned)
 }
 
-func TestStandinNonStreamingFaults(t *testing.T) {
+func TestNonStreamingFaults(t *testing.T) {
 	tests := []struct {
 		name   string
 		fault  string
 		check  func(t *testing.T, resp *http.Response, err error)
 		waitOK bool // the handler must return once the client gives up
 	}{
-		{"reset", standinFaultReset, func(t *testing.T, _ *http.Response, err error) {
-			standinExpect(t, errors.Is(err, syscall.ECONNRESET), "want connection reset, got %v", err)
+		{"reset", faultReset, func(t *testing.T, _ *http.Response, err error) {
+			expect(t, errors.Is(err, syscall.ECONNRESET), "want connection reset, got %v", err)
 		}, false},
-		{"hang", standinFaultHang, standinExpectTimeout, true},
-		{"stall", standinFaultStall, standinExpectTimeout, true},
-		{"error_event", standinFaultErrorEvent, func(t *testing.T, resp *http.Response, err error) {
-			standinExpectErrorBody(t, resp, err, 500, "server_error")
+		{"hang", faultHang, expectTimeout, true},
+		{"stall", faultStall, expectTimeout, true},
+		{"error_event", faultErrorEvent, func(t *testing.T, resp *http.Response, err error) {
+			expectErrorBody(t, resp, err, 500, "server_error")
 		}, false},
-		{"cut", standinFaultCut, func(t *testing.T, resp *http.Response, err error) {
+		{"cut", faultCut, func(t *testing.T, resp *http.Response, err error) {
 			if err != nil {
 				t.Fatal(err)
 			}
 			body, err := io.ReadAll(resp.Body)
-			standinExpect(t, errors.Is(err, io.ErrUnexpectedEOF), "read error = %v, want unexpected EOF", err)
-			standinExpect(t, len(body) > 0 && int64(len(body)) < resp.ContentLength, "got %d of %d bytes", len(body), resp.ContentLength)
+			expect(t, errors.Is(err, io.ErrUnexpectedEOF), "read error = %v, want unexpected EOF", err)
+			expect(t, len(body) > 0 && int64(len(body)) < resp.ContentLength, "got %d of %d bytes", len(body), resp.ContentLength)
 		}, false},
-		{"malformed", standinFaultMalformed, standinExpectCompletion, false},
-		{"no_done", standinFaultNoDone, standinExpectCompletion, false},
-		{"no_finish", standinFaultNoFinish, standinExpectCompletion, false},
+		{"malformed", faultMalformed, expectCompletion, false},
+		{"no_done", faultNoDone, expectCompletion, false},
+		{"no_finish", faultNoFinish, expectCompletion, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, returned := standinTestServer(t, &Standin{Fault: tt.fault})
+			srv, returned := testServer(t, &Provider{Fault: tt.fault})
 			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 			defer cancel()
-			resp, err := standinPost(ctx, srv.URL, standinChatBody("m", false, false))
+			resp, err := post(ctx, srv.URL, chatBody("m", false, false))
 			if err == nil {
 				defer resp.Body.Close()
 			}
 			tt.check(t, resp, err)
 			if tt.waitOK {
-				standinWaitReturned(t, returned)
+				waitReturned(t, returned)
 			}
 		})
 	}
 }
 
-func standinExpectTimeout(t *testing.T, resp *http.Response, err error) {
+func expectTimeout(t *testing.T, resp *http.Response, err error) {
 	t.Helper()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("want client timeout, got response %v, error %v", resp, err)
 	}
 }
 
-func standinExpectCompletion(t *testing.T, resp *http.Response, err error) {
+func expectCompletion(t *testing.T, resp *http.Response, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var c standinCompletion
+	var c completion
 	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("status %d, decode error %v", resp.StatusCode, err)
 	}
-	standinExpect(t, c.Choices[0].Message.Content == "Hello from standin.", "content %q", c.Choices[0].Message.Content)
+	expect(t, c.Choices[0].Message.Content == "Hello from standin.", "content %q", c.Choices[0].Message.Content)
 }
 
-func standinExpectErrorBody(t *testing.T, resp *http.Response, err error, status int, errType string) {
+func expectErrorBody(t *testing.T, resp *http.Response, err error, status int, errType string) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -480,27 +480,27 @@ func standinExpectErrorBody(t *testing.T, resp *http.Response, err error, status
 	}
 }
 
-func TestStandinFailStatus(t *testing.T) {
+func TestFailStatus(t *testing.T) {
 	tests := []struct {
 		name         string
-		standin      *Standin
+		standin      *Provider
 		stream       bool
 		wantType     string
 		retryAfter   string
 		retryAfterMs string
 	}{
-		{"503 rounded up", &Standin{FailStatus: 503, RetryAfter: caddy.Duration(1500 * time.Millisecond)}, false, "server_error", "2", ""},
-		{"429 ms", &Standin{FailStatus: 429, RetryAfterMs: 1500}, true, "requests", "", "1500"},
-		{"400 both", &Standin{FailStatus: 400, RetryAfter: caddy.Duration(time.Second), RetryAfterMs: 20}, false, "invalid_request_error", "1", "20"},
+		{"503 rounded up", &Provider{FailStatus: 503, RetryAfter: caddy.Duration(1500 * time.Millisecond)}, false, "server_error", "2", ""},
+		{"429 ms", &Provider{FailStatus: 429, RetryAfterMs: 1500}, true, "requests", "", "1500"},
+		{"400 both", &Provider{FailStatus: 400, RetryAfter: caddy.Duration(time.Second), RetryAfterMs: 20}, false, "invalid_request_error", "1", "20"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, _ := standinTestServer(t, tt.standin)
-			resp, err := standinPost(t.Context(), srv.URL, standinChatBody("m", tt.stream, false))
+			srv, _ := testServer(t, tt.standin)
+			resp, err := post(t.Context(), srv.URL, chatBody("m", tt.stream, false))
 			if err == nil {
 				defer resp.Body.Close()
 			}
-			standinExpectErrorBody(t, resp, err, tt.standin.FailStatus, tt.wantType)
+			expectErrorBody(t, resp, err, tt.standin.FailStatus, tt.wantType)
 			if got := resp.Header.Get("Retry-After"); got != tt.retryAfter {
 				t.Errorf("Retry-After = %q, want %q", got, tt.retryAfter)
 			}
@@ -511,29 +511,29 @@ func TestStandinFailStatus(t *testing.T) {
 	}
 }
 
-func TestStandinFailFirst(t *testing.T) {
-	srv, _ := standinTestServer(t, &Standin{FailStatus: 503, FailFirst: 2})
+func TestFailFirst(t *testing.T) {
+	srv, _ := testServer(t, &Provider{FailStatus: 503, FailFirst: 2})
 	want := []int{503, 503, 200, 200}
 	for i, status := range want {
-		if resp := standinMustPost(t, srv.URL, standinChatBody("m", false, false)); resp.StatusCode != status {
+		if resp := mustPost(t, srv.URL, chatBody("m", false, false)); resp.StatusCode != status {
 			t.Errorf("request %d: status %d, want %d", i+1, resp.StatusCode, status)
 		}
 	}
-	standinDo(t, http.MethodDelete, srv.URL+"/v1/standin/requests")
-	if resp := standinMustPost(t, srv.URL, standinChatBody("m", false, false)); resp.StatusCode != 503 {
+	do(t, http.MethodDelete, srv.URL+"/v1/standin/requests")
+	if resp := mustPost(t, srv.URL, chatBody("m", false, false)); resp.StatusCode != 503 {
 		t.Errorf("after reset: status %d, want 503", resp.StatusCode)
 	}
 }
 
-func TestStandinFailFirstFault(t *testing.T) {
-	srv, _ := standinTestServer(t, &Standin{Fault: standinFaultReset, FailFirst: 1})
-	if _, err := standinPost(t.Context(), srv.URL, standinChatBody("m", false, false)); err == nil {
+func TestFailFirstFault(t *testing.T) {
+	srv, _ := testServer(t, &Provider{Fault: faultReset, FailFirst: 1})
+	if _, err := post(t.Context(), srv.URL, chatBody("m", false, false)); err == nil {
 		t.Fatal("first request must be reset")
 	}
-	standinExpectCompletion(t, standinMustPost(t, srv.URL, standinChatBody("m", false, false)), nil)
+	expectCompletion(t, mustPost(t, srv.URL, chatBody("m", false, false)), nil)
 }
 
-func TestStandinModels(t *testing.T) {
+func TestModels(t *testing.T) {
 	tests := []struct {
 		name   string
 		models []string
@@ -544,9 +544,9 @@ func TestStandinModels(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, _ := standinTestServer(t, &Standin{Models: tt.models})
-			resp, body := standinDo(t, http.MethodGet, srv.URL+"/v1/models")
-			var list standinModelList
+			srv, _ := testServer(t, &Provider{Models: tt.models})
+			resp, body := do(t, http.MethodGet, srv.URL+"/v1/models")
+			var list modelList
 			if err := json.Unmarshal([]byte(body), &list); err != nil || resp.StatusCode != 200 {
 				t.Fatalf("status %d, body %s, err %v", resp.StatusCode, body, err)
 			}
@@ -562,10 +562,10 @@ func TestStandinModels(t *testing.T) {
 	}
 }
 
-func TestStandinRequestCounter(t *testing.T) {
-	srv, _ := standinTestServer(t, &Standin{Name: "counter"})
+func TestRequestCounter(t *testing.T) {
+	srv, _ := testServer(t, &Provider{Name: "counter"})
 	count := func() string {
-		resp, body := standinDo(t, http.MethodGet, srv.URL+"/v1/standin/requests")
+		resp, body := do(t, http.MethodGet, srv.URL+"/v1/standin/requests")
 		if resp.Header.Get("x-standin-name") != "counter" {
 			t.Errorf("missing x-standin-name on counter endpoint")
 		}
@@ -574,14 +574,14 @@ func TestStandinRequestCounter(t *testing.T) {
 	if got := count(); got != `{"requests":0}` {
 		t.Errorf("initial count %s", got)
 	}
-	standinMustPost(t, srv.URL, standinChatBody("m", false, false))
-	standinMustPost(t, srv.URL, standinChatBody("m", true, false))
-	standinMustPost(t, srv.URL, "not json")
-	standinDo(t, http.MethodGet, srv.URL+"/v1/models")
+	mustPost(t, srv.URL, chatBody("m", false, false))
+	mustPost(t, srv.URL, chatBody("m", true, false))
+	mustPost(t, srv.URL, "not json")
+	do(t, http.MethodGet, srv.URL+"/v1/models")
 	if got := count(); got != `{"requests":3}` {
 		t.Errorf("count after 3 chat requests: %s", got)
 	}
-	if _, body := standinDo(t, http.MethodDelete, srv.URL+"/standin/requests"); body != `{"requests":0}` {
+	if _, body := do(t, http.MethodDelete, srv.URL+"/standin/requests"); body != `{"requests":0}` {
 		t.Errorf("DELETE answered %s", body)
 	}
 	if got := count(); got != `{"requests":0}` {
@@ -589,8 +589,8 @@ func TestStandinRequestCounter(t *testing.T) {
 	}
 }
 
-func TestStandinErrors(t *testing.T) {
-	srv, _ := standinTestServer(t, &Standin{})
+func TestErrors(t *testing.T) {
+	srv, _ := testServer(t, &Provider{})
 	tests := []struct {
 		name, method, path string
 		wantStatus         int
@@ -602,32 +602,32 @@ func TestStandinErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := standinDo(t, tt.method, srv.URL+tt.path)
-			var e standinErrorResponse
+			resp, body := do(t, tt.method, srv.URL+tt.path)
+			var e errorResponse
 			if err := json.Unmarshal([]byte(body), &e); err != nil || resp.StatusCode != tt.wantStatus || e.Error.Message == "" {
 				t.Errorf("status %d body %s, want %d with error body", resp.StatusCode, body, tt.wantStatus)
 			}
 		})
 	}
-	resp := standinMustPost(t, srv.URL, `{"model":`)
-	standinExpectErrorBody(t, resp, nil, 400, "invalid_request_error")
+	resp := mustPost(t, srv.URL, `{"model":`)
+	expectErrorBody(t, resp, nil, 400, "invalid_request_error")
 }
 
-func TestStandinLatency(t *testing.T) {
+func TestLatency(t *testing.T) {
 	tests := []struct {
 		name    string
-		standin *Standin
+		standin *Provider
 		stream  bool
 		atLeast time.Duration
 	}{
-		{"latency", &Standin{Latency: caddy.Duration(50 * time.Millisecond)}, false, 50 * time.Millisecond},
-		{"first token and pace", &Standin{Answer: "a b c", FirstToken: caddy.Duration(30 * time.Millisecond), Pace: caddy.Duration(10 * time.Millisecond)}, true, 30*time.Millisecond + 5*10*time.Millisecond},
+		{"latency", &Provider{Latency: caddy.Duration(50 * time.Millisecond)}, false, 50 * time.Millisecond},
+		{"first token and pace", &Provider{Answer: "a b c", FirstToken: caddy.Duration(30 * time.Millisecond), Pace: caddy.Duration(10 * time.Millisecond)}, true, 30*time.Millisecond + 5*10*time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, _ := standinTestServer(t, tt.standin)
+			srv, _ := testServer(t, tt.standin)
 			start := time.Now()
-			resp := standinMustPost(t, srv.URL, standinChatBody("m", tt.stream, false))
+			resp := mustPost(t, srv.URL, chatBody("m", tt.stream, false))
 			if _, err := io.ReadAll(resp.Body); err != nil {
 				t.Fatal(err)
 			}
@@ -638,53 +638,53 @@ func TestStandinLatency(t *testing.T) {
 	}
 }
 
-func TestStandinWaitsEndWithClient(t *testing.T) {
+func TestWaitsEndWithClient(t *testing.T) {
 	tests := []struct {
 		name    string
-		standin *Standin
+		standin *Provider
 		stream  bool
 	}{
-		{"latency", &Standin{Latency: caddy.Duration(time.Hour)}, false},
-		{"first_token", &Standin{FirstToken: caddy.Duration(time.Hour)}, true},
-		{"pace", &Standin{Pace: caddy.Duration(time.Hour)}, true},
+		{"latency", &Provider{Latency: caddy.Duration(time.Hour)}, false},
+		{"first_token", &Provider{FirstToken: caddy.Duration(time.Hour)}, true},
+		{"pace", &Provider{Pace: caddy.Duration(time.Hour)}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv, returned := standinTestServer(t, tt.standin)
+			srv, returned := testServer(t, tt.standin)
 			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 			defer cancel()
-			resp, err := standinPost(ctx, srv.URL, standinChatBody("m", tt.stream, false))
+			resp, err := post(ctx, srv.URL, chatBody("m", tt.stream, false))
 			if err == nil {
 				_, err = io.ReadAll(resp.Body)
 				resp.Body.Close()
 			}
-			standinExpectTimeout(t, resp, err)
-			standinWaitReturned(t, returned)
+			expectTimeout(t, resp, err)
+			waitReturned(t, returned)
 		})
 	}
 }
 
-func TestStandinValidate(t *testing.T) {
+func TestValidate(t *testing.T) {
 	tests := []struct {
 		name    string
-		standin *Standin
+		standin *Provider
 		wantErr string
 	}{
-		{"zero", &Standin{}, ""},
-		{"full", &Standin{FailStatus: 429, RetryAfter: caddy.Duration(time.Second), RetryAfterMs: 10, FailFirst: 2, Latency: 1}, ""},
-		{"fault_after", &Standin{Fault: "cut", FaultAfter: standinInt(0)}, ""},
-		{"unknown fault", &Standin{Fault: "explode"}, "unknown fault \"explode\", allowed: reset, hang, error_event, cut, stall, malformed, no_done, no_finish"},
-		{"negative latency", &Standin{Latency: -1}, "latency must not be negative"},
-		{"negative pace", &Standin{Pace: -1}, "pace must not be negative"},
-		{"negative first_token", &Standin{FirstToken: -1}, "first_token must not be negative"},
-		{"status too low", &Standin{FailStatus: 200}, "fail_status must be in 400..599"},
-		{"status too high", &Standin{FailStatus: 600}, "fail_status must be in 400..599"},
-		{"negative events", &Standin{Events: -1}, "events must not be negative"},
-		{"negative fault_after", &Standin{Fault: "cut", FaultAfter: standinInt(-1)}, "fault_after must not be negative"},
-		{"status and fault", &Standin{FailStatus: 503, Fault: "hang"}, "mutually exclusive"},
-		{"retry without status", &Standin{RetryAfter: caddy.Duration(time.Second)}, "need fail_status"},
-		{"fail_first alone", &Standin{FailFirst: 1}, "fail_first needs"},
-		{"fault_after with hang", &Standin{Fault: "hang", FaultAfter: standinInt(1)}, "fault_after only applies"},
+		{"zero", &Provider{}, ""},
+		{"full", &Provider{FailStatus: 429, RetryAfter: caddy.Duration(time.Second), RetryAfterMs: 10, FailFirst: 2, Latency: 1}, ""},
+		{"fault_after", &Provider{Fault: "cut", FaultAfter: intPtr(0)}, ""},
+		{"unknown fault", &Provider{Fault: "explode"}, "unknown fault \"explode\", allowed: reset, hang, error_event, cut, stall, malformed, no_done, no_finish"},
+		{"negative latency", &Provider{Latency: -1}, "latency must not be negative"},
+		{"negative pace", &Provider{Pace: -1}, "pace must not be negative"},
+		{"negative first_token", &Provider{FirstToken: -1}, "first_token must not be negative"},
+		{"status too low", &Provider{FailStatus: 200}, "fail_status must be in 400..599"},
+		{"status too high", &Provider{FailStatus: 600}, "fail_status must be in 400..599"},
+		{"negative events", &Provider{Events: -1}, "events must not be negative"},
+		{"negative fault_after", &Provider{Fault: "cut", FaultAfter: intPtr(-1)}, "fault_after must not be negative"},
+		{"status and fault", &Provider{FailStatus: 503, Fault: "hang"}, "mutually exclusive"},
+		{"retry without status", &Provider{RetryAfter: caddy.Duration(time.Second)}, "need fail_status"},
+		{"fail_first alone", &Provider{FailFirst: 1}, "fail_first needs"},
+		{"fault_after with hang", &Provider{Fault: "hang", FaultAfter: intPtr(1)}, "fault_after only applies"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -699,7 +699,7 @@ func TestStandinValidate(t *testing.T) {
 	}
 }
 
-func TestStandinUnmarshalCaddyfile(t *testing.T) {
+func TestUnmarshalCaddyfile(t *testing.T) {
 	d := caddyfile.NewTestDispenser(`arbstr_standin {
 		name         beta
 		models       gpt-4o gpt-4o-mini
@@ -712,7 +712,7 @@ func TestStandinUnmarshalCaddyfile(t *testing.T) {
 		fault        cut
 		fault_after  0
 	}`)
-	var s Standin
+	var s Provider
 	if err := s.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
@@ -730,7 +730,7 @@ func TestStandinUnmarshalCaddyfile(t *testing.T) {
 		retry_after    2s
 		retry_after_ms 1500
 	}`)
-	s = Standin{}
+	s = Provider{}
 	if err := s.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
@@ -739,7 +739,7 @@ func TestStandinUnmarshalCaddyfile(t *testing.T) {
 	}
 }
 
-func TestStandinUnmarshalCaddyfileErrors(t *testing.T) {
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
 	tests := []struct{ name, input, wantErr string }{
 		{"argument on directive", `arbstr_standin foo`, "wrong argument count"},
 		{"unknown subdirective", "arbstr_standin {\n\tcolour blue\n}", `unrecognized arbstr_standin subdirective "colour"`},
@@ -751,7 +751,7 @@ func TestStandinUnmarshalCaddyfileErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var s Standin
+			var s Provider
 			err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("error = %v, want it to contain %q", err, tt.wantErr)
@@ -760,11 +760,11 @@ func TestStandinUnmarshalCaddyfileErrors(t *testing.T) {
 	}
 }
 
-// TestStandinThroughCaddy runs stand-ins in an in-process Caddy to check
+// TestThroughCaddy runs stand-ins in an in-process Caddy to check
 // the directive, its order and that flushing, hijacking and aborting work
 // through Caddy's response writer wrappers.
-func TestStandinThroughCaddy(t *testing.T) {
-	tc := startCaddy(t, `
+func TestThroughCaddy(t *testing.T) {
+	base := startCaddy(t, `
 	handle /healthy/* {
 		# Never reached: arbstr_standin is ordered before respond.
 		respond /healthy/v1/other "from respond" 200
@@ -794,27 +794,27 @@ func TestStandinThroughCaddy(t *testing.T) {
 			fault_after 1
 		}
 	}`)
-	healthy, failing := tc.URL+"/healthy", tc.URL+"/failing"
+	healthy, failing := base+"/healthy", base+"/failing"
 
-	resp := standinMustPost(t, healthy, standinChatBody("gpt-4o", true, true))
-	events, err := standinReadEvents(resp.Body)
+	resp := mustPost(t, healthy, chatBody("gpt-4o", true, true))
+	events, err := readEvents(resp.Body)
 	if err != nil || resp.Header.Get("x-standin-name") != "healthy" {
 		t.Fatalf("healthy stream: %v, headers %v", err, resp.Header)
 	}
-	sum := standinSummarize(t, events, "gpt-4o")
-	standinExpect(t, sum.content.String() == "Hello from the healthy stand-in." && sum.done && sum.usage != nil, "healthy stream: %q", events)
+	sum := summarize(t, events, "gpt-4o")
+	expect(t, sum.content.String() == "Hello from the healthy stand-in." && sum.done && sum.usage != nil, "healthy stream: %q", events)
 
-	_, body := standinDo(t, http.MethodGet, healthy+"/v1/other")
-	standinExpect(t, strings.Contains(body, "Unknown request URL"), "arbstr_standin must run before respond: %s", body)
+	_, body := do(t, http.MethodGet, healthy+"/v1/other")
+	expect(t, strings.Contains(body, "Unknown request URL"), "arbstr_standin must run before respond: %s", body)
 
-	resp = standinMustPost(t, failing, standinChatBody("m", false, false))
-	standinExpectErrorBody(t, resp, nil, 503, "server_error")
-	standinExpect(t, resp.Header.Get("Retry-After") == "2", "Retry-After = %q", resp.Header.Get("Retry-After"))
+	resp = mustPost(t, failing, chatBody("m", false, false))
+	expectErrorBody(t, resp, nil, 503, "server_error")
+	expect(t, resp.Header.Get("Retry-After") == "2", "Retry-After = %q", resp.Header.Get("Retry-After"))
 
-	_, err = standinPost(t.Context(), tc.URL+"/reset", standinChatBody("m", false, false))
-	standinExpect(t, errors.Is(err, syscall.ECONNRESET), "reset through Caddy: %v", err)
+	_, err = post(t.Context(), base+"/reset", chatBody("m", false, false))
+	expect(t, errors.Is(err, syscall.ECONNRESET), "reset through Caddy: %v", err)
 
-	resp = standinMustPost(t, tc.URL+"/cut", standinChatBody("m", true, false))
-	events, err = standinReadEvents(resp.Body)
-	standinExpect(t, errors.Is(err, io.ErrUnexpectedEOF) && len(events) == 2, "cut through Caddy: %v, %q", err, events)
+	resp = mustPost(t, base+"/cut", chatBody("m", true, false))
+	events, err = readEvents(resp.Body)
+	expect(t, errors.Is(err, io.ErrUnexpectedEOF) && len(events) == 2, "cut through Caddy: %v, %q", err, events)
 }

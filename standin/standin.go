@@ -1,4 +1,4 @@
-package arbstr
+package standin
 
 import (
 	"context"
@@ -22,45 +22,45 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(new(Standin))
-	httpcaddyfile.RegisterHandlerDirective("arbstr_standin", standinParseCaddyfile)
+	caddy.RegisterModule(new(Provider))
+	httpcaddyfile.RegisterHandlerDirective("arbstr_standin", parseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("arbstr_standin", httpcaddyfile.Before, "respond")
 }
 
-// Fault names accepted by Standin.Fault.
+// Fault names accepted by Provider.Fault.
 const (
-	standinFaultReset      = "reset"
-	standinFaultHang       = "hang"
-	standinFaultErrorEvent = "error_event"
-	standinFaultCut        = "cut"
-	standinFaultStall      = "stall"
-	standinFaultMalformed  = "malformed"
-	standinFaultNoDone     = "no_done"
-	standinFaultNoFinish   = "no_finish"
+	faultReset      = "reset"
+	faultHang       = "hang"
+	faultErrorEvent = "error_event"
+	faultCut        = "cut"
+	faultStall      = "stall"
+	faultMalformed  = "malformed"
+	faultNoDone     = "no_done"
+	faultNoFinish   = "no_finish"
 )
 
-var standinFaults = []string{
-	standinFaultReset, standinFaultHang, standinFaultErrorEvent, standinFaultCut,
-	standinFaultStall, standinFaultMalformed, standinFaultNoDone, standinFaultNoFinish,
+var faults = []string{
+	faultReset, faultHang, faultErrorEvent, faultCut,
+	faultStall, faultMalformed, faultNoDone, faultNoFinish,
 }
 
-// standinFaultAfterFaults are the faults that fire part-way through a stream.
-var standinFaultAfterFaults = []string{standinFaultCut, standinFaultStall, standinFaultMalformed}
+// faultAfterFaults are the faults that fire part-way through a stream.
+var faultAfterFaults = []string{faultCut, faultStall, faultMalformed}
 
 const (
-	standinMaxBodyBytes     = 32 << 20
-	standinDefaultModel     = "standin"
-	standinDefaultFaultAt   = 1
-	standinMalformedPayload = `{"choices":[{"delta":{"content":`
-	standinErrorEventData   = `{"error":{"message":"stand-in in-band error","type":"server_error","param":null,"code":"standin_error"}}`
+	maxBodyBytes     = 32 << 20
+	defaultModel     = "standin"
+	defaultFaultAt   = 1
+	malformedPayload = `{"choices":[{"delta":{"content":`
+	errorEventData   = `{"error":{"message":"stand-in in-band error","type":"server_error","param":null,"code":"standin_error"}}`
 )
 
-// Standin is a fake OpenAI-compatible LLM provider. It answers
+// Provider is a fake OpenAI-compatible LLM provider. It answers
 // POST .../chat/completions (streaming and not), GET .../models and
 // GET/DELETE .../standin/requests, and can inject latency, error statuses and
 // transport or stream faults. It is meant for demos, tests and benchmarks of
 // the arbstr router, never for production traffic.
-type Standin struct {
+type Provider struct {
 	// Name identifies this stand-in: it is sent in the x-standin-name response
 	// header and used in the default answer.
 	Name string `json:"name,omitempty"`
@@ -128,24 +128,24 @@ type Standin struct {
 }
 
 // CaddyModule returns the Caddy module information.
-func (*Standin) CaddyModule() caddy.ModuleInfo {
+func (*Provider) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.arbstr_standin",
-		New: func() caddy.Module { return new(Standin) },
+		New: func() caddy.Module { return new(Provider) },
 	}
 }
 
 // Provision fills in defaults and precomputes the answer. It does not use
 // ctx, so a zero caddy.Context is fine in tests.
-func (s *Standin) Provision(_ caddy.Context) error {
+func (s *Provider) Provision(_ caddy.Context) error {
 	if len(s.Models) == 0 {
-		s.Models = []string{standinDefaultModel}
+		s.Models = []string{defaultModel}
 	}
 	if s.Answer == "" {
 		s.Answer = "Hello from " + s.displayName() + "."
 	}
 	s.created = time.Now().Unix()
-	s.pieces = standinContentPieces(s.Answer, s.Events)
+	s.pieces = contentPieces(s.Answer, s.Events)
 	s.answerText = strings.Join(s.pieces, "")
 	s.answerTokens = len(strings.Fields(s.Answer))
 	if s.Events > 0 {
@@ -155,9 +155,9 @@ func (s *Standin) Provision(_ caddy.Context) error {
 }
 
 // Validate checks the configuration.
-func (s *Standin) Validate() error {
-	if s.Fault != "" && !slices.Contains(standinFaults, s.Fault) {
-		return fmt.Errorf("arbstr_standin: unknown fault %q, allowed: %s", s.Fault, strings.Join(standinFaults, ", "))
+func (s *Provider) Validate() error {
+	if s.Fault != "" && !slices.Contains(faults, s.Fault) {
+		return fmt.Errorf("arbstr_standin: unknown fault %q, allowed: %s", s.Fault, strings.Join(faults, ", "))
 	}
 	if err := s.validateDurations(); err != nil {
 		return err
@@ -168,7 +168,7 @@ func (s *Standin) Validate() error {
 	return s.validateCombinations()
 }
 
-func (s *Standin) validateDurations() error {
+func (s *Provider) validateDurations() error {
 	durations := []struct {
 		name  string
 		value caddy.Duration
@@ -181,7 +181,7 @@ func (s *Standin) validateDurations() error {
 	return nil
 }
 
-func (s *Standin) validateCounts() error {
+func (s *Provider) validateCounts() error {
 	if s.FailStatus != 0 && (s.FailStatus < 400 || s.FailStatus > 599) {
 		return fmt.Errorf("arbstr_standin: fail_status must be in 400..599, got %d", s.FailStatus)
 	}
@@ -197,7 +197,7 @@ func (s *Standin) validateCounts() error {
 	return nil
 }
 
-func (s *Standin) validateCombinations() error {
+func (s *Provider) validateCombinations() error {
 	switch {
 	case s.FailStatus != 0 && s.Fault != "":
 		return errors.New("arbstr_standin: fail_status and fault are mutually exclusive")
@@ -205,29 +205,29 @@ func (s *Standin) validateCombinations() error {
 		return errors.New("arbstr_standin: retry_after and retry_after_ms need fail_status")
 	case s.FailFirst != 0 && s.FailStatus == 0 && s.Fault == "":
 		return errors.New("arbstr_standin: fail_first needs fail_status or fault")
-	case s.FaultAfter != nil && !slices.Contains(standinFaultAfterFaults, s.Fault):
-		return fmt.Errorf("arbstr_standin: fault_after only applies to faults %s", strings.Join(standinFaultAfterFaults, ", "))
+	case s.FaultAfter != nil && !slices.Contains(faultAfterFaults, s.Fault):
+		return fmt.Errorf("arbstr_standin: fault_after only applies to faults %s", strings.Join(faultAfterFaults, ", "))
 	}
 	return nil
 }
 
-func (s *Standin) displayName() string {
+func (s *Provider) displayName() string {
 	if s.Name != "" {
 		return s.Name
 	}
-	return standinDefaultModel
+	return defaultModel
 }
 
-func (s *Standin) faultAfter() int {
+func (s *Provider) faultAfter() int {
 	if s.FaultAfter == nil {
-		return standinDefaultFaultAt
+		return defaultFaultAt
 	}
 	return *s.FaultAfter
 }
 
 // ServeHTTP answers every request itself (it never calls next): chat
 // completions, the model list, the request counter, or a 404.
-func (s *Standin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+func (s *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	if s.Name != "" {
 		w.Header().Set("X-Standin-Name", s.Name)
 	}
@@ -240,43 +240,43 @@ func (s *Standin) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	case strings.HasSuffix(path, "/models"):
 		return s.serveModels(w, r)
 	}
-	return standinWriteError(w, http.StatusNotFound, "invalid_request_error", "unknown_url",
+	return writeError(w, http.StatusNotFound, "invalid_request_error", "unknown_url",
 		fmt.Sprintf("Unknown request URL: %s %s", r.Method, path))
 }
 
-func (s *Standin) serveModels(w http.ResponseWriter, r *http.Request) error {
+func (s *Provider) serveModels(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
-		return standinMethodNotAllowed(w, http.MethodGet)
+		return methodNotAllowed(w, http.MethodGet)
 	}
-	data := make([]standinModel, 0, len(s.Models))
+	data := make([]model, 0, len(s.Models))
 	for _, id := range s.Models {
-		data = append(data, standinModel{ID: id, Object: "model", Created: s.created, OwnedBy: "arbstr-standin"})
+		data = append(data, model{ID: id, Object: "model", Created: s.created, OwnedBy: "arbstr-standin"})
 	}
-	return standinWriteJSON(w, http.StatusOK, standinModelList{Object: "list", Data: data})
+	return writeJSON(w, http.StatusOK, modelList{Object: "list", Data: data})
 }
 
-func (s *Standin) serveRequestCount(w http.ResponseWriter, r *http.Request) error {
+func (s *Provider) serveRequestCount(w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet:
 	case http.MethodDelete:
 		s.requests.Store(0)
 	default:
-		return standinMethodNotAllowed(w, "GET, DELETE")
+		return methodNotAllowed(w, "GET, DELETE")
 	}
-	return standinWriteJSON(w, http.StatusOK, map[string]int64{"requests": s.requests.Load()})
+	return writeJSON(w, http.StatusOK, map[string]int64{"requests": s.requests.Load()})
 }
 
-func (s *Standin) serveChat(w http.ResponseWriter, r *http.Request) error {
+func (s *Provider) serveChat(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
-		return standinMethodNotAllowed(w, http.MethodPost)
+		return methodNotAllowed(w, http.MethodPost)
 	}
 	n := s.requests.Add(1)
-	req, status, err := standinReadChatRequest(w, r)
+	req, status, err := readChatRequest(w, r)
 	if err != nil {
-		return standinWriteError(w, status, "invalid_request_error", "invalid_body", err.Error())
+		return writeError(w, status, "invalid_request_error", "invalid_body", err.Error())
 	}
 	ex := s.newExchange(w, r, req)
-	if !standinWait(r.Context(), time.Duration(s.Latency)) {
+	if !wait(r.Context(), time.Duration(s.Latency)) {
 		return nil
 	}
 	if !s.failsRequest(n) {
@@ -290,20 +290,20 @@ func (s *Standin) serveChat(w http.ResponseWriter, r *http.Request) error {
 
 // failsRequest tells whether the n-th chat request (1-based) gets the
 // configured fail_status or fault.
-func (s *Standin) failsRequest(n int64) bool {
+func (s *Provider) failsRequest(n int64) bool {
 	if s.FailStatus == 0 && s.Fault == "" {
 		return false
 	}
 	return s.FailFirst == 0 || n <= int64(s.FailFirst)
 }
 
-func (s *Standin) newExchange(w http.ResponseWriter, r *http.Request, req standinChatRequest) *standinExchange {
+func (s *Provider) newExchange(w http.ResponseWriter, r *http.Request, req chatRequest) *exchange {
 	model := req.Model
 	if model == "" {
 		model = s.Models[0]
 	}
 	prompt := max(1, req.promptBytes()/4)
-	return &standinExchange{
+	return &exchange{
 		s:      s,
 		w:      w,
 		ctx:    r.Context(),
@@ -312,35 +312,35 @@ func (s *Standin) newExchange(w http.ResponseWriter, r *http.Request, req standi
 		id:     "chatcmpl-standin-" + strconv.FormatInt(s.completionSeq.Add(1), 10),
 		model:  model,
 		now:    time.Now().Unix(),
-		usage:  standinUsage{PromptTokens: prompt, CompletionTokens: s.answerTokens, TotalTokens: prompt + s.answerTokens},
+		usage:  usage{PromptTokens: prompt, CompletionTokens: s.answerTokens, TotalTokens: prompt + s.answerTokens},
 		faultN: min(s.faultAfter(), len(s.pieces)),
 	}
 }
 
-// standinExchange is one chat completion request being answered.
-type standinExchange struct {
-	s      *Standin
+// exchange is one chat completion request being answered.
+type exchange struct {
+	s      *Provider
 	w      http.ResponseWriter
 	ctx    context.Context
 	rc     *http.ResponseController
-	req    standinChatRequest
+	req    chatRequest
 	id     string
 	model  string
 	now    int64
-	usage  standinUsage
+	usage  usage
 	faultN int   // content events sent before a mid-stream fault fires
 	sent   int   // SSE events written so far
 	err    error // first streaming failure; later sends are skipped
 }
 
-func (ex *standinExchange) serveHealthy() error {
+func (ex *exchange) serveHealthy() error {
 	if ex.req.Stream {
 		return ex.stream("")
 	}
 	return ex.writeCompletion()
 }
 
-func (ex *standinExchange) serveFailStatus() error {
+func (ex *exchange) serveFailStatus() error {
 	s := ex.s
 	h := ex.w.Header()
 	if s.RetryAfter > 0 {
@@ -350,24 +350,24 @@ func (ex *standinExchange) serveFailStatus() error {
 	if s.RetryAfterMs > 0 {
 		h.Set("Retry-After-Ms", strconv.Itoa(s.RetryAfterMs))
 	}
-	errType, code := standinErrorKind(s.FailStatus)
+	errType, code := errorKind(s.FailStatus)
 	msg := fmt.Sprintf("stand-in %s is configured to fail with status %d", s.displayName(), s.FailStatus)
-	return standinWriteError(ex.w, s.FailStatus, errType, code, msg)
+	return writeError(ex.w, s.FailStatus, errType, code, msg)
 }
 
-func (ex *standinExchange) serveFault() error {
+func (ex *exchange) serveFault() error {
 	fault := ex.s.Fault
 	switch {
-	case fault == standinFaultReset:
+	case fault == faultReset:
 		return ex.resetConnection()
-	case fault == standinFaultHang, fault == standinFaultStall && !ex.req.Stream:
+	case fault == faultHang, fault == faultStall && !ex.req.Stream:
 		<-ex.ctx.Done()
 		return nil
-	case fault == standinFaultErrorEvent && ex.req.Stream:
+	case fault == faultErrorEvent && ex.req.Stream:
 		return ex.streamErrorEvent()
-	case fault == standinFaultErrorEvent:
-		return standinWriteError(ex.w, http.StatusInternalServerError, "server_error", "standin_error", "stand-in internal error")
-	case fault == standinFaultCut && !ex.req.Stream:
+	case fault == faultErrorEvent:
+		return writeError(ex.w, http.StatusInternalServerError, "server_error", "standin_error", "stand-in internal error")
+	case fault == faultCut && !ex.req.Stream:
 		return ex.cutCompletion()
 	case ex.req.Stream:
 		return ex.stream(fault)
@@ -375,18 +375,18 @@ func (ex *standinExchange) serveFault() error {
 	return ex.writeCompletion()
 }
 
-func (ex *standinExchange) writeCompletion() error {
-	return standinWriteJSON(ex.w, http.StatusOK, ex.completion())
+func (ex *exchange) writeCompletion() error {
+	return writeJSON(ex.w, http.StatusOK, ex.completion())
 }
 
-func (ex *standinExchange) completion() standinCompletion {
-	return standinCompletion{
+func (ex *exchange) completion() completion {
+	return completion{
 		ID:      ex.id,
 		Object:  "chat.completion",
 		Created: ex.now,
 		Model:   ex.model,
-		Choices: []standinCompletionChoice{{
-			Message:      standinMessageOut{Role: "assistant", Content: ex.s.answerText},
+		Choices: []completionChoice{{
+			Message:      messageOut{Role: "assistant", Content: ex.s.answerText},
 			FinishReason: "stop",
 		}},
 		Usage: ex.usage,
@@ -395,7 +395,7 @@ func (ex *standinExchange) completion() standinCompletion {
 
 // cutCompletion sends the headers and half of the JSON body, then aborts the
 // connection.
-func (ex *standinExchange) cutCompletion() error {
+func (ex *exchange) cutCompletion() error {
 	body, err := json.Marshal(ex.completion())
 	if err != nil {
 		return err
@@ -404,49 +404,49 @@ func (ex *standinExchange) cutCompletion() error {
 	ex.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	ex.w.WriteHeader(http.StatusOK)
 	_, _ = ex.w.Write(body[:len(body)/2])
-	standinAbort(ex.rc)
+	abort(ex.rc)
 	return nil
 }
 
 // resetConnection closes the TCP connection with SO_LINGER 0 so that the
 // client sees a reset, without any response.
-func (ex *standinExchange) resetConnection() error {
+func (ex *exchange) resetConnection() error {
 	conn, _, err := ex.rc.Hijack()
 	if err != nil {
 		panic(http.ErrAbortHandler)
 	}
-	standinSetNoLinger(conn)
+	setNoLinger(conn)
 	return conn.Close()
 }
 
-func (ex *standinExchange) streamErrorEvent() error {
+func (ex *exchange) streamErrorEvent() error {
 	ex.startStream()
-	ex.sendData(standinErrorEventData)
+	ex.sendData(errorEventData)
 	return nil
 }
 
 // stream sends a whole SSE chat completion stream, with the given fault
 // ("" for none) injected.
-func (ex *standinExchange) stream(fault string) error {
+func (ex *exchange) stream(fault string) error {
 	ex.startStream()
-	ex.sendChunk(standinDelta{Role: "assistant", Content: new(string)}, nil)
+	ex.sendChunk(delta{Role: "assistant", Content: new(string)}, nil)
 	for i := 0; i <= len(ex.s.pieces) && ex.err == nil; i++ {
 		if i == ex.faultN && ex.midStreamFault(fault) {
 			return nil
 		}
 		if i < len(ex.s.pieces) {
-			ex.sendChunk(standinDelta{Content: &ex.s.pieces[i]}, nil)
+			ex.sendChunk(delta{Content: &ex.s.pieces[i]}, nil)
 		}
 	}
-	if fault == standinFaultNoFinish {
+	if fault == faultNoFinish {
 		return nil
 	}
 	stop := "stop"
-	ex.sendChunk(standinDelta{}, &stop)
+	ex.sendChunk(delta{}, &stop)
 	if ex.req.includeUsage() {
 		ex.sendUsage()
 	}
-	if fault != standinFaultNoDone {
+	if fault != faultNoDone {
 		ex.sendData("[DONE]")
 	}
 	return nil
@@ -454,20 +454,20 @@ func (ex *standinExchange) stream(fault string) error {
 
 // midStreamFault applies a cut, stall or malformed fault and tells whether
 // the stream must end here.
-func (ex *standinExchange) midStreamFault(fault string) (stop bool) {
+func (ex *exchange) midStreamFault(fault string) (stop bool) {
 	switch fault {
-	case standinFaultCut:
-		standinAbort(ex.rc)
-	case standinFaultStall:
+	case faultCut:
+		abort(ex.rc)
+	case faultStall:
 		<-ex.ctx.Done()
 		return true
-	case standinFaultMalformed:
-		ex.sendData(standinMalformedPayload)
+	case faultMalformed:
+		ex.sendData(malformedPayload)
 	}
 	return false
 }
 
-func (ex *standinExchange) startStream() {
+func (ex *exchange) startStream() {
 	h := ex.w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -475,28 +475,28 @@ func (ex *standinExchange) startStream() {
 	ex.err = ex.rc.Flush()
 }
 
-func (ex *standinExchange) sendChunk(delta standinDelta, finishReason *string) {
-	ex.sendJSON(standinChunk{
+func (ex *exchange) sendChunk(d delta, finishReason *string) {
+	ex.sendJSON(chunk{
 		ID:      ex.id,
 		Object:  "chat.completion.chunk",
 		Created: ex.now,
 		Model:   ex.model,
-		Choices: []standinChunkChoice{{Delta: delta, FinishReason: finishReason}},
+		Choices: []chunkChoice{{Delta: d, FinishReason: finishReason}},
 	})
 }
 
-func (ex *standinExchange) sendUsage() {
-	ex.sendJSON(standinChunk{
+func (ex *exchange) sendUsage() {
+	ex.sendJSON(chunk{
 		ID:      ex.id,
 		Object:  "chat.completion.chunk",
 		Created: ex.now,
 		Model:   ex.model,
-		Choices: []standinChunkChoice{},
+		Choices: []chunkChoice{},
 		Usage:   &ex.usage,
 	})
 }
 
-func (ex *standinExchange) sendJSON(v any) {
+func (ex *exchange) sendJSON(v any) {
 	data, err := json.Marshal(v)
 	if err != nil {
 		ex.err = err
@@ -507,15 +507,15 @@ func (ex *standinExchange) sendJSON(v any) {
 
 // sendData waits first_token (first event) or pace (later events), then
 // writes and flushes one "data:" event. After a failure it does nothing.
-func (ex *standinExchange) sendData(data string) {
+func (ex *exchange) sendData(data string) {
 	if ex.err != nil {
 		return
 	}
-	wait := ex.s.Pace
+	delay := ex.s.Pace
 	if ex.sent == 0 {
-		wait = ex.s.FirstToken
+		delay = ex.s.FirstToken
 	}
-	if !standinWait(ex.ctx, time.Duration(wait)) {
+	if !wait(ex.ctx, time.Duration(delay)) {
 		ex.err = ex.ctx.Err()
 		return
 	}
@@ -527,16 +527,16 @@ func (ex *standinExchange) sendData(data string) {
 	ex.err = ex.rc.Flush()
 }
 
-// standinAbort flushes what was written so far, then aborts the connection
+// abort flushes what was written so far, then aborts the connection
 // (net/http and Caddy close it without logging a panic).
-func standinAbort(rc *http.ResponseController) {
+func abort(rc *http.ResponseController) {
 	_ = rc.Flush()
 	panic(http.ErrAbortHandler)
 }
 
-// standinSetNoLinger sets SO_LINGER 0 on the TCP connection under conn (also
+// setNoLinger sets SO_LINGER 0 on the TCP connection under conn (also
 // through TLS), so that Close sends a RST.
-func standinSetNoLinger(conn net.Conn) {
+func setNoLinger(conn net.Conn) {
 	for {
 		switch c := conn.(type) {
 		case *net.TCPConn:
@@ -550,9 +550,9 @@ func standinSetNoLinger(conn net.Conn) {
 	}
 }
 
-// standinWait waits d or until ctx is done; it reports whether ctx is still
+// wait waits d or until ctx is done; it reports whether ctx is still
 // alive.
-func standinWait(ctx context.Context, d time.Duration) bool {
+func wait(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
@@ -566,11 +566,11 @@ func standinWait(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// standinContentPieces splits answer into words that keep their leading
+// contentPieces splits answer into words that keep their leading
 // whitespace (so that joining them gives answer back). With events > 0 it
 // returns exactly events pieces, cycling the words.
-func standinContentPieces(answer string, events int) []string {
-	words := standinSplitWords(answer)
+func contentPieces(answer string, events int) []string {
+	words := splitWords(answer)
 	if events <= 0 {
 		return words
 	}
@@ -585,7 +585,7 @@ func standinContentPieces(answer string, events int) []string {
 	return pieces
 }
 
-func standinSplitWords(answer string) []string {
+func splitWords(answer string) []string {
 	var words []string
 	start, prevSpace := 0, true
 	for i, r := range answer {
@@ -604,9 +604,9 @@ func standinSplitWords(answer string) []string {
 	return append(words, rest)
 }
 
-func standinReadChatRequest(w http.ResponseWriter, r *http.Request) (standinChatRequest, int, error) {
-	var req standinChatRequest
-	body := http.MaxBytesReader(w, r.Body, standinMaxBodyBytes)
+func readChatRequest(w http.ResponseWriter, r *http.Request) (chatRequest, int, error) {
+	var req chatRequest
+	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
 	err := json.NewDecoder(body).Decode(&req)
 	var tooLarge *http.MaxBytesError
 	switch {
@@ -621,8 +621,8 @@ func standinReadChatRequest(w http.ResponseWriter, r *http.Request) (standinChat
 	return req, 0, nil
 }
 
-// standinErrorKind gives the OpenAI error type and code for a status.
-func standinErrorKind(status int) (errType, code string) {
+// errorKind gives the OpenAI error type and code for a status.
+func errorKind(status int) (errType, code string) {
 	switch {
 	case status == http.StatusTooManyRequests:
 		return "requests", "rate_limit_exceeded"
@@ -634,19 +634,19 @@ func standinErrorKind(status int) (errType, code string) {
 	return "invalid_request_error", "standin_fail_status"
 }
 
-func standinMethodNotAllowed(w http.ResponseWriter, allow string) error {
+func methodNotAllowed(w http.ResponseWriter, allow string) error {
 	w.Header().Set("Allow", allow)
-	return standinWriteError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed",
+	return writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed",
 		"method not allowed, use "+allow)
 }
 
-func standinWriteError(w http.ResponseWriter, status int, errType, code, message string) error {
-	return standinWriteJSON(w, status, standinErrorResponse{Error: standinErrorBody{
+func writeError(w http.ResponseWriter, status int, errType, code, message string) error {
+	return writeJSON(w, status, errorResponse{Error: errorBody{
 		Message: message, Type: errType, Code: code,
 	}})
 }
 
-func standinWriteJSON(w http.ResponseWriter, status int, v any) error {
+func writeJSON(w http.ResponseWriter, status int, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -658,9 +658,9 @@ func standinWriteJSON(w http.ResponseWriter, status int, v any) error {
 	return nil
 }
 
-// standinChatRequest holds the fields of a chat completion request that the
+// chatRequest holds the fields of a chat completion request that the
 // stand-in looks at.
-type standinChatRequest struct {
+type chatRequest struct {
 	Model         string `json:"model"`
 	Stream        bool   `json:"stream"`
 	StreamOptions *struct {
@@ -671,13 +671,13 @@ type standinChatRequest struct {
 	} `json:"messages"`
 }
 
-func (req standinChatRequest) includeUsage() bool {
+func (req chatRequest) includeUsage() bool {
 	return req.StreamOptions != nil && req.StreamOptions.IncludeUsage
 }
 
 // promptBytes counts the bytes of message text (string contents and the
 // text of content parts).
-func (req standinChatRequest) promptBytes() int {
+func (req chatRequest) promptBytes() int {
 	n := 0
 	for _, m := range req.Messages {
 		var text string
@@ -697,80 +697,80 @@ func (req standinChatRequest) promptBytes() int {
 	return n
 }
 
-type standinUsage struct {
+type usage struct {
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
 	TotalTokens      int `json:"total_tokens"`
 }
 
-type standinMessageOut struct {
+type messageOut struct {
 	Role    string  `json:"role"`
 	Content string  `json:"content"`
 	Refusal *string `json:"refusal"`
 }
 
-type standinCompletionChoice struct {
-	Index        int               `json:"index"`
-	Message      standinMessageOut `json:"message"`
-	Logprobs     *struct{}         `json:"logprobs"`
-	FinishReason string            `json:"finish_reason"`
+type completionChoice struct {
+	Index        int        `json:"index"`
+	Message      messageOut `json:"message"`
+	Logprobs     *struct{}  `json:"logprobs"`
+	FinishReason string     `json:"finish_reason"`
 }
 
-type standinCompletion struct {
-	ID      string                    `json:"id"`
-	Object  string                    `json:"object"`
-	Created int64                     `json:"created"`
-	Model   string                    `json:"model"`
-	Choices []standinCompletionChoice `json:"choices"`
-	Usage   standinUsage              `json:"usage"`
+type completion struct {
+	ID      string             `json:"id"`
+	Object  string             `json:"object"`
+	Created int64              `json:"created"`
+	Model   string             `json:"model"`
+	Choices []completionChoice `json:"choices"`
+	Usage   usage              `json:"usage"`
 }
 
-type standinDelta struct {
+type delta struct {
 	Role    string  `json:"role,omitempty"`
 	Content *string `json:"content,omitempty"`
 }
 
-type standinChunkChoice struct {
-	Index        int          `json:"index"`
-	Delta        standinDelta `json:"delta"`
-	Logprobs     *struct{}    `json:"logprobs"`
-	FinishReason *string      `json:"finish_reason"`
+type chunkChoice struct {
+	Index        int       `json:"index"`
+	Delta        delta     `json:"delta"`
+	Logprobs     *struct{} `json:"logprobs"`
+	FinishReason *string   `json:"finish_reason"`
 }
 
-type standinChunk struct {
-	ID      string               `json:"id"`
-	Object  string               `json:"object"`
-	Created int64                `json:"created"`
-	Model   string               `json:"model"`
-	Choices []standinChunkChoice `json:"choices"`
-	Usage   *standinUsage        `json:"usage,omitempty"`
+type chunk struct {
+	ID      string        `json:"id"`
+	Object  string        `json:"object"`
+	Created int64         `json:"created"`
+	Model   string        `json:"model"`
+	Choices []chunkChoice `json:"choices"`
+	Usage   *usage        `json:"usage,omitempty"`
 }
 
-type standinModel struct {
+type model struct {
 	ID      string `json:"id"`
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	OwnedBy string `json:"owned_by"`
 }
 
-type standinModelList struct {
-	Object string         `json:"object"`
-	Data   []standinModel `json:"data"`
+type modelList struct {
+	Object string  `json:"object"`
+	Data   []model `json:"data"`
 }
 
-type standinErrorBody struct {
+type errorBody struct {
 	Message string  `json:"message"`
 	Type    string  `json:"type"`
 	Param   *string `json:"param"`
 	Code    string  `json:"code"`
 }
 
-type standinErrorResponse struct {
-	Error standinErrorBody `json:"error"`
+type errorResponse struct {
+	Error errorBody `json:"error"`
 }
 
-func standinParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	s := new(Standin)
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	s := new(Provider)
 	err := s.UnmarshalCaddyfile(h.Dispenser)
 	return s, err
 }
@@ -795,7 +795,7 @@ func standinParseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler,
 //
 // The block is optional: a bare `arbstr_standin` answers "Hello from standin."
 // for model "standin".
-func (s *Standin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (s *Provider) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
 		return d.ArgErr()
@@ -808,7 +808,7 @@ func (s *Standin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func (s *Standin) unmarshalSubdirective(d *caddyfile.Dispenser) error {
+func (s *Provider) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 	name := d.Val()
 	if name == "models" {
 		s.Models = d.RemainingArgs()
@@ -841,13 +841,13 @@ func (s *Standin) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 		s.FaultAfter = new(int)
 		*s.FaultAfter, err = strconv.Atoi(arg)
 	case "latency":
-		err = standinParseDuration(arg, &s.Latency)
+		err = parseDuration(arg, &s.Latency)
 	case "first_token":
-		err = standinParseDuration(arg, &s.FirstToken)
+		err = parseDuration(arg, &s.FirstToken)
 	case "pace":
-		err = standinParseDuration(arg, &s.Pace)
+		err = parseDuration(arg, &s.Pace)
 	case "retry_after":
-		err = standinParseDuration(arg, &s.RetryAfter)
+		err = parseDuration(arg, &s.RetryAfter)
 	default:
 		return d.Errf("unrecognized arbstr_standin subdirective %q", name)
 	}
@@ -857,7 +857,7 @@ func (s *Standin) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func standinParseDuration(arg string, dst *caddy.Duration) error {
+func parseDuration(arg string, dst *caddy.Duration) error {
 	d, err := caddy.ParseDuration(arg)
 	*dst = caddy.Duration(d)
 	return err
@@ -865,8 +865,8 @@ func standinParseDuration(arg string, dst *caddy.Duration) error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*Standin)(nil)
-	_ caddy.Validator             = (*Standin)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Standin)(nil)
-	_ caddyfile.Unmarshaler       = (*Standin)(nil)
+	_ caddy.Provisioner           = (*Provider)(nil)
+	_ caddy.Validator             = (*Provider)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Provider)(nil)
+	_ caddyfile.Unmarshaler       = (*Provider)(nil)
 )
