@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -247,4 +249,22 @@ func mustPort(t *testing.T, u *url.URL) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestTelemetryDocCaddyfilesAdapt keeps docs/telemetry.md honest: its
+// Caddyfile examples adapt without error or warning.
+func TestTelemetryDocCaddyfilesAdapt(t *testing.T) {
+	doc, err := os.ReadFile("docs/telemetry.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```caddyfile\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
+	if len(blocks) == 0 {
+		t.Fatal("docs/telemetry.md has no Caddyfile example")
+	}
+	for _, b := range blocks {
+		if _, err := tryAdapt(b[1]); err != nil {
+			t.Errorf("docs/telemetry.md example does not adapt: %v\n%s", err, b[1])
+		}
+	}
 }
