@@ -88,8 +88,8 @@ type attemptTelemetry struct {
 // tracing directive on, the request's context carries Caddy's server span;
 // the attempt's span is its child, made by the same tracer provider, so no
 // tracer of arbstr's own is configured anywhere.
-func (h *Handler) beginAttempt(ex *exchange, p *provider) *attemptTelemetry {
-	t := &attemptTelemetry{provider: p, start: time.Now()}
+func (h *Handler) beginAttempt(ex *exchange, p *provider) attemptTelemetry {
+	t := attemptTelemetry{provider: p, start: time.Now()}
 	t.requestModel, t.responseModel = metricModel(p, ex.facts.model), responseModelLabel(p, ex.facts.model)
 	parent := trace.SpanFromContext(ex.r.Context())
 	if !parent.IsRecording() {
@@ -120,11 +120,10 @@ func (t *attemptTelemetry) end(ex *exchange, m *arbstrMetrics, res attemptResult
 	u := ex.usage
 	delivered := res.committed && u.known
 	if m != nil {
-		labels := []string{genAIOperationChat, t.provider.name, t.requestModel, t.responseModel}
-		m.genAI.duration.WithLabelValues(append(labels, errorType)...).Observe(time.Since(t.start).Seconds())
+		m.genAI.duration.WithLabelValues(t.labels(errorType)...).Observe(time.Since(t.start).Seconds())
 		if delivered {
-			m.genAI.tokenUsage.WithLabelValues(append(labels, "input")...).Observe(float64(u.promptTokens))
-			m.genAI.tokenUsage.WithLabelValues(append(labels, "output")...).Observe(float64(u.completionTokens))
+			m.genAI.tokenUsage.WithLabelValues(t.labels("input")...).Observe(float64(u.promptTokens))
+			m.genAI.tokenUsage.WithLabelValues(t.labels("output")...).Observe(float64(u.completionTokens))
 		}
 	}
 	if t.span == nil {
@@ -150,6 +149,11 @@ func (t *attemptTelemetry) end(ex *exchange, m *arbstrMetrics, res attemptResult
 		t.span.SetStatus(codes.Error, errorType)
 	}
 	t.span.End()
+}
+
+// labels are the metric labels of the attempt, then last.
+func (t *attemptTelemetry) labels(last string) []string {
+	return []string{genAIOperationChat, t.provider.name, t.requestModel, t.responseModel, last}
 }
 
 // observeFirstToken records a stream's time to its first data event.
