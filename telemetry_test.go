@@ -268,3 +268,37 @@ func TestTelemetryDocCaddyfilesAdapt(t *testing.T) {
 		}
 	}
 }
+
+// The response model label comes from the config only, whatever the client
+// asked for.
+func TestGenAIResponseModelLabel(t *testing.T) {
+	mk := func(models []string, mapping map[string]string) *provider {
+		p, err := newProvider(&Provider{Name: "p", URL: "https://llm.example/v1", Models: models, Model: mapping}, caddy.NewReplacer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct {
+		name          string
+		p             *provider
+		model         string
+		request, resp string
+	}{
+		{"listed", mk([]string{"m1"}, nil), "m1", "m1", "m1"},
+		{"mapped", mk(nil, map[string]string{"m1": "vendor-m1-2025"}), "m1", "m1", "vendor-m1-2025"},
+		{"wildcard", mk(nil, map[string]string{"*": "vendor-default"}), "client-made-up", "*", "vendor-default"},
+		{"any model", mk(nil, nil), "client-made-up", "*", "*"},
+	}
+	for _, c := range cases {
+		if got := metricModel(c.p, c.model); got != c.request {
+			t.Errorf("%s: request model label %q; want %q", c.name, got, c.request)
+		}
+		if got := responseModelLabel(c.p, c.model); got != c.resp {
+			t.Errorf("%s: response model label %q; want %q", c.name, got, c.resp)
+		}
+	}
+	if host, port, ok := serverAddress("https://llm.example/v1"); !ok || host != "llm.example" || port != 443 {
+		t.Errorf("server address of https://llm.example/v1: %q %d %v; want llm.example 443", host, port, ok)
+	}
+}
