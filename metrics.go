@@ -22,6 +22,8 @@ type arbstrMetrics struct {
 	latency      *prometheus.HistogramVec
 	firstEvent   *prometheus.HistogramVec
 	circuitState *prometheus.GaugeVec
+	// genAI are the OpenTelemetry GenAI metrics (telemetry.go).
+	genAI genAIMetrics
 }
 
 var (
@@ -54,11 +56,13 @@ func newArbstrMetrics() *arbstrMetrics {
 		circuitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "circuit_state", Help: "Breaker state per provider and model: 0 closed, 1 open, 2 half open."},
 			[]string{"provider", "model"}),
+		genAI: newGenAIMetrics(),
 	}
 }
 
 func (m *arbstrMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState}
+	return append([]prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState},
+		m.genAI.collectors()...)
 }
 
 // loadMetrics returns the process's collectors, registered in this config's
@@ -95,11 +99,12 @@ func (m *arbstrMetrics) observeUpstreamHeaders(provider string, d time.Duration)
 	m.latency.WithLabelValues(provider).Observe(d.Seconds())
 }
 
-func (m *arbstrMetrics) observeFirstEvent(provider string, d time.Duration) {
+func (m *arbstrMetrics) observeFirstEvent(p *provider, model string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.firstEvent.WithLabelValues(provider).Observe(d.Seconds())
+	m.firstEvent.WithLabelValues(p.name).Observe(d.Seconds())
+	m.genAI.observeFirstToken(p, model, d)
 }
 
 // observeRequest counts a finished request. Requests refused before any

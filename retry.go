@@ -357,7 +357,9 @@ func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
 // stream closes the circuit as soon as it commits, not when a long answer
 // ends; the stream's outcome then counts like any other.
 func (h *Handler) sendTracked(ex *exchange, p *provider, t *ticket, body []byte, d delivery) (attemptResult, circuitState) {
+	tel := h.beginAttempt(ex, p)
 	res := h.sendAttempt(ex, p, body, d, func() { h.health.committed(t) })
+	tel.end(ex, h.metrics, res)
 	class := res.class
 	if class == classDeadline {
 		// The deadline ended the wait for this provider: it did not answer

@@ -81,7 +81,7 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	if !at.timer.Stop() {
 		return attemptResult{class: classifyError(at.ctx, ex.r.Context(), errAttemptCancelled), status: resp.StatusCode}
 	}
-	ex.h.metrics.observeFirstEvent(at.provider.name, time.Since(at.start))
+	ex.h.metrics.observeFirstEvent(at.provider, ex.facts.model, time.Since(at.start))
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
 	sc.BeforeRead = p.flushBeforeRead
 	ex.commitStream(at.provider, resp.StatusCode)
