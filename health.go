@@ -470,15 +470,10 @@ type resetTarget struct {
 	Model    string `json:"model"`
 }
 
-// errResetNotFound is a reset naming a provider, or a provider's model, that
-// no loaded config has.
-type errResetNotFound struct{ msg string }
-
-func (e errResetNotFound) Error() string { return e.msg }
-
 // resetHealth closes the breakers and ends the cooldowns of every provider
 // (or the one named) for every model (or the one named), keeping the counts
-// of past failures and successes. It lists what it cleared.
+// of past failures and successes. It lists what it cleared, or says that no
+// loaded config has the provider, or the provider's model, it names.
 func resetHealth(providerName, model string) ([]resetTarget, error) {
 	var matched []*providerHealth
 	healthPool.Range(func(_, v any) bool {
@@ -492,10 +487,10 @@ func resetHealth(providerName, model string) ([]resetTarget, error) {
 		return true
 	})
 	if providerName != "" && len(matched) == 0 {
-		return nil, errResetNotFound{fmt.Sprintf("no provider named %q is configured; GET %s lists the providers", providerName, adminProvidersPath)}
+		return nil, fmt.Errorf("no provider named %q is configured; GET %s lists the providers", providerName, adminProvidersPath)
 	}
 	if providerName != "" && model != "" && !slices.ContainsFunc(matched, func(ph *providerHealth) bool { return ph.servesModel(model) }) {
-		return nil, errResetNotFound{fmt.Sprintf("provider %q does not serve model %q; GET %s lists its models", providerName, model, adminProvidersPath)}
+		return nil, fmt.Errorf("provider %q does not serve model %q; GET %s lists its models", providerName, model, adminProvidersPath)
 	}
 	cleared := []resetTarget{}
 	for _, ph := range matched {
