@@ -386,3 +386,19 @@ func TestAdminResetIntegration(t *testing.T) {
 		t.Errorf("alpha got %d calls; after the reset it should be tried again", n)
 	}
 }
+
+// The 429 arbstr sends when every provider rate limits names no longer a
+// wait than cooldown_max: arbstr tries the provider again by then.
+func TestHealthRateLimitedAnswerRetryAfterCappedIntegration(t *testing.T) {
+	up := hlNewUpstream(t, hlStatus(429, "Retry-After", "999999999"))
+	tc := startCaddy(t, hlHealthSite(hlProviderBlock("alpha", up.base(), "", "gpt-hl", 1, 1, 0), 3, "30s", "\tcooldown_max 2m\n"))
+	for i := range 2 {
+		resp := tc.Post("/v1/chat/completions", hlChat("gpt-hl", false))
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "120" {
+			t.Errorf("request %d: %d Retry-After %q; want 429 with cooldown_max's 120", i, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	if n := up.calls.Load(); n != 2 {
+		t.Errorf("the provider got %d calls; want one per request, as a direct client", n)
+	}
+}
