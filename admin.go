@@ -14,13 +14,18 @@ func init() {
 	caddy.RegisterModule(adminAPI{})
 }
 
-// adminProvidersPath is where the admin API shows provider state.
-const adminProvidersPath = "/arbstr/providers"
+// Where the admin API shows and resets provider state.
+const (
+	adminProvidersPath = "/arbstr/providers"
+	adminResetPath     = "/arbstr/providers/reset"
+)
 
 // adminAPI is the admin.api.arbstr module: GET /arbstr/providers on Caddy's
 // admin endpoint lists every configured provider with its prices, models and
-// health (breaker state, cooldown, recent failures). Caddy loads every module
-// of the admin.api namespace by itself, so it needs no configuration.
+// health (breaker state, cooldown, recent failures); POST
+// /arbstr/providers/reset (optionally ?provider=NAME&model=M) closes
+// breakers and ends cooldowns. Caddy loads every module of the admin.api
+// namespace by itself, so it needs no configuration.
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -31,12 +36,12 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Routes returns the /arbstr/providers route.
+// Routes returns the /arbstr/providers and /arbstr/providers/reset routes.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{
-		Pattern: adminProvidersPath,
-		Handler: caddy.AdminHandlerFunc(a.handleProviders),
-	}}
+	return []caddy.AdminRoute{
+		{Pattern: adminProvidersPath, Handler: caddy.AdminHandlerFunc(a.handleProviders)},
+		{Pattern: adminResetPath, Handler: caddy.AdminHandlerFunc(a.handleReset)},
+	}
 }
 
 // handleProviders answers GET /arbstr/providers with a JSON array of
@@ -67,6 +72,39 @@ func (a *adminAPI) handleProviders(w http.ResponseWriter, r *http.Request) error
 	if r.Method == http.MethodHead {
 		return nil
 	}
+	_, err = w.Write(append(body, '\n'))
+	return err
+}
+
+// handleReset answers POST /arbstr/providers/reset: it closes the breakers
+// and ends the cooldowns of every provider, or of the one named by
+// ?provider=, for every model or the one named by ?model=, and lists what it
+// cleared as {"reset":[{"provider","url","model"}...]}. Counts of past
+// failures and successes are kept.
+func (a *adminAPI) handleReset(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		return caddy.APIError{
+			HTTPStatus: http.StatusMethodNotAllowed,
+			Err:        fmt.Errorf("method %s not allowed; use POST", r.Method),
+		}
+	}
+	q := r.URL.Query()
+	cleared, err := resetHealth(q.Get("provider"), q.Get("model"))
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: err}
+	}
+	for i := range cleared {
+		cleared[i].URL = redactURL(cleared[i].URL)
+	}
+	body, err := json.Marshal(struct {
+		Reset []resetTarget `json:"reset"`
+	}{cleared})
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
 	_, err = w.Write(append(body, '\n'))
 	return err
 }

@@ -16,7 +16,7 @@ func TestAdminProvidersShowsConfigAndHealthIntegration(t *testing.T) {
 	site := hlHealthSite(
 		hlProviderBlock("alpha", bad.base()+"?token=hl-query-secret", "hl-admin-literal-secret", "gpt-b gpt-a", 1000, 3000, 2)+
 			hlProviderBlock("beta", good.base(), "{env.HL_ADMIN_ENV_KEY}", "", 5000, 6000, 7),
-		2, "30s", "")
+		2, "30s", "\tcooldown_max 90s\n")
 	tc := startCaddy(t, site)
 
 	list, raw := hlAdminProviders(t, tc)
@@ -41,6 +41,9 @@ func TestAdminProvidersShowsConfigAndHealthIntegration(t *testing.T) {
 	}
 	if !beta.AnyModel || beta.Models == nil || len(beta.Models) != 0 {
 		t.Errorf("beta (any model) shows models %v any=%v; want [] and true", beta.Models, beta.AnyModel)
+	}
+	if alpha.CooldownMax != "1m30s" || beta.CooldownMax != "1m30s" {
+		t.Errorf("cooldown_max shown as %q / %q; want the configured 1m30s", alpha.CooldownMax, beta.CooldownMax)
 	}
 	if len(alpha.Health) != 0 {
 		t.Errorf("alpha has health entries before any traffic: %+v", alpha.Health)

@@ -68,7 +68,7 @@ func BenchmarkChoose(b *testing.B) {
 			b.Cleanup(reg.release)
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, apiErr := choose(providers, policies, in, reg.available, time.Now()); apiErr != nil {
+				if _, apiErr := choose(providers, policies, in, reg.snapshot(), time.Now()); apiErr != nil {
 					b.Fatal(apiErr.message)
 				}
 			}

@@ -58,6 +58,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		first_event_timeout <duration>  # default 10s
 //		stream_idle_timeout <duration>  # default 60s
 //		max_body            <size>      # default 16MB
+//		cooldown_max        <duration>  # default 5m: longest a 429 keeps a provider away
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -79,12 +80,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = h.parseRetry(d)
 		case "breaker":
 			err = h.parseBreaker(d)
-		case "timeout", "attempt_timeout", "first_event_timeout", "stream_idle_timeout":
+		case "timeout", "attempt_timeout", "first_event_timeout", "stream_idle_timeout", "cooldown_max":
 			err = h.parseTimeout(d)
 		case "max_body":
 			err = h.parseMaxBody(d)
 		default:
-			return d.Errf("unknown subdirective %q; expected provider, policy, retry, breaker, timeout, attempt_timeout, first_event_timeout, stream_idle_timeout or max_body", d.Val())
+			return d.Errf("unknown subdirective %q; expected provider, policy, retry, breaker, timeout, attempt_timeout, first_event_timeout, stream_idle_timeout, max_body or cooldown_max", d.Val())
 		}
 		if err != nil {
 			return err
@@ -300,6 +301,8 @@ func (h *Handler) parseTimeout(d *caddyfile.Dispenser) error {
 		h.FirstEventTimeout = dur
 	case "stream_idle_timeout":
 		h.StreamIdleTimeout = dur
+	case "cooldown_max":
+		h.CooldownMax = dur
 	}
 	return nil
 }

@@ -57,6 +57,7 @@ const cfgFullBlock = `arbstr {
 	first_event_timeout  10s
 	stream_idle_timeout  60s
 	max_body             16MB
+	cooldown_max         5m
 }`
 
 // cfgFullJSON is what cfgFullBlock must adapt to: exactly the SPEC names.
@@ -79,7 +80,8 @@ const cfgFullJSON = `{
 	"attempt_timeout": 12000000000,
 	"first_event_timeout": 10000000000,
 	"stream_idle_timeout": 60000000000,
-	"max_body": 16000000
+	"max_body": 16000000,
+	"cooldown_max": 300000000000
 }`
 
 // cfgSite wraps a site body in a Caddyfile with one site block; the body
@@ -171,6 +173,9 @@ func TestCaddyfileDispenserParsesEveryOption(t *testing.T) {
 		h.StreamIdleTimeout != caddy.Duration(60e9) || h.MaxBody != 16_000_000 {
 		t.Errorf("timeouts/max_body = %v %v %v %v %v", h.Timeout, h.AttemptTimeout, h.FirstEventTimeout, h.StreamIdleTimeout, h.MaxBody)
 	}
+	if h.CooldownMax != caddy.Duration(300e9) {
+		t.Errorf("cooldown_max = %v, want 5m", h.CooldownMax)
+	}
 
 	// The struct marshals to the SPEC names too, not only the adapter output.
 	got, err := json.Marshal(h)
@@ -237,6 +242,7 @@ var cfgBadCases = []cfgBadCase{
 	{"negative first_event_timeout", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tfirst_event_timeout -1s # BAD\n}", []string{"first_event_timeout", "duration"}},
 	{"bad stream_idle_timeout", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tstream_idle_timeout soon # BAD\n}", []string{"stream_idle_timeout", "duration"}},
 	{"bad attempt_timeout", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tattempt_timeout 1x # BAD\n}", []string{"attempt_timeout", "duration"}},
+	{"bad cooldown_max", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tcooldown_max forever # BAD\n}", []string{"cooldown_max", `"forever"`, "duration"}},
 	{"bad backoff", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tretry {\n\t\tbackoff 1s later # BAD\n\t}\n}", []string{"backoff", `"later"`}},
 	{"bad retry_after_max", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tretry {\n\t\tretry_after_max x # BAD\n\t}\n}", []string{"retry_after_max", "duration"}},
 	{"bad breaker open", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tbreaker {\n\t\topen forever # BAD\n\t}\n}", []string{"open", "duration"}},
@@ -332,6 +338,7 @@ func TestCaddyfileJSONValidateRefuses(t *testing.T) {
 		}, "no provider serves it"},
 		{"negative duration", func(h *Handler) { h.StreamIdleTimeout = -1 }, "stream_idle_timeout must not be negative"},
 		{"negative max_body", func(h *Handler) { h.MaxBody = -1 }, "max_body"},
+		{"negative cooldown_max", func(h *Handler) { h.CooldownMax = -1 }, "cooldown_max must not be negative"},
 		{"negative fallbacks", func(h *Handler) { h.Retry = &RetryConfig{Fallbacks: &Fallbacks{N: -1}} }, "fallbacks"},
 	}
 	for _, tc := range cases {

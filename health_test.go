@@ -56,7 +56,7 @@ func hlRegistry(t *testing.T, failures int, open time.Duration) (*healthRegistry
 // hlFail records one attempt with the given outcome.
 func hlFail(t *testing.T, reg *healthRegistry, p *provider, model string, class failureClass) {
 	t.Helper()
-	tk, ok := reg.begin(p, model)
+	tk, ok := reg.begin(p, model, false)
 	if !ok {
 		t.Fatalf("begin refused before recording %s", class)
 	}
@@ -176,23 +176,25 @@ func hlAdminProviders(t *testing.T, tc *testCaddy) ([]hlProviderJSON, string) {
 
 // hlProviderJSON is one element of GET /arbstr/providers as a client reads it.
 type hlProviderJSON struct {
-	Name       string   `json:"name"`
-	URL        string   `json:"url"`
-	Models     []string `json:"models"`
-	AnyModel   bool     `json:"any_model"`
-	InputRate  float64  `json:"input_rate"`
-	OutputRate float64  `json:"output_rate"`
-	BaseFee    float64  `json:"base_fee"`
-	Health     []struct {
-		Model               string    `json:"model"`
-		State               string    `json:"state"`
-		OpenUntil           time.Time `json:"open_until"`
-		CooldownUntil       time.Time `json:"cooldown_until"`
-		ConsecutiveFailures int       `json:"consecutive_failures"`
-		Failures            int       `json:"failures"`
-		Successes           int       `json:"successes"`
-		LastErrorClass      string    `json:"last_error_class"`
-		LastFailureAt       time.Time `json:"last_failure_at"`
+	Name        string   `json:"name"`
+	URL         string   `json:"url"`
+	Models      []string `json:"models"`
+	AnyModel    bool     `json:"any_model"`
+	InputRate   float64  `json:"input_rate"`
+	OutputRate  float64  `json:"output_rate"`
+	BaseFee     float64  `json:"base_fee"`
+	CooldownMax string   `json:"cooldown_max"`
+	Health      []struct {
+		Model                  string    `json:"model"`
+		State                  string    `json:"state"`
+		OpenUntil              time.Time `json:"open_until"`
+		CooldownUntil          time.Time `json:"cooldown_until"`
+		CooldownRequestedUntil time.Time `json:"cooldown_requested_until"`
+		ConsecutiveFailures    int       `json:"consecutive_failures"`
+		Failures               int       `json:"failures"`
+		Successes              int       `json:"successes"`
+		LastErrorClass         string    `json:"last_error_class"`
+		LastFailureAt          time.Time `json:"last_failure_at"`
 	} `json:"health"`
 }
 
@@ -234,7 +236,7 @@ func TestHealthBreakerOpensAfterConsecutiveCountedFailures(t *testing.T) {
 			if want := clk.Now().Add(open); !at.Equal(want) {
 				t.Errorf("available says %v, want the end of the open period %v", at, want)
 			}
-			if _, ok := reg.begin(p, "m"); ok {
+			if _, ok := reg.begin(p, "m", false); ok {
 				t.Errorf("begin allowed an attempt on an open circuit")
 			}
 			// The breaker is per model: another model of the provider is fine.
@@ -262,7 +264,7 @@ func TestHealthBreakerIgnoresNonCountingOutcomes(t *testing.T) {
 			if ok, _ := reg.available(p, "m"); !ok {
 				t.Fatalf("10 %s outcomes opened the circuit", class)
 			}
-			if tk, ok := reg.begin(p, "m"); !ok || tk.probe {
+			if tk, ok := reg.begin(p, "m", false); !ok || tk.probe {
 				t.Fatalf("begin after %s outcomes: ok=%v probe=%v; want a plain attempt", class, ok, tk != nil && tk.probe)
 			}
 		})
@@ -291,7 +293,7 @@ func hlOpenAndWait(t *testing.T, reg *healthRegistry, p *provider, clk *hlClock,
 		t.Fatalf("circuit did not open")
 	}
 	clk.Advance(open - time.Millisecond)
-	if _, ok := reg.begin(p, "m"); ok {
+	if _, ok := reg.begin(p, "m", false); ok {
 		t.Fatalf("begin allowed before the open period ended")
 	}
 	clk.Advance(time.Millisecond)
@@ -318,7 +320,7 @@ func TestHealthHalfOpenLetsExactlyOneProbe(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			if tk, ok := reg.begin(p, "m"); ok {
+			if tk, ok := reg.begin(p, "m", false); ok {
 				granted.Add(1)
 				if tk.probe {
 					probes.Add(1)
@@ -350,7 +352,7 @@ func TestHealthProbeSuccessCloses(t *testing.T) {
 	const open = 10 * time.Second
 	reg, p, clk := hlRegistry(t, 2, open)
 	hlOpenAndWait(t, reg, p, clk, open)
-	tk, ok := reg.begin(p, "m")
+	tk, ok := reg.begin(p, "m", false)
 	if !ok || !tk.probe {
 		t.Fatalf("no probe granted")
 	}
@@ -358,7 +360,7 @@ func TestHealthProbeSuccessCloses(t *testing.T) {
 		t.Fatalf("state after a good probe: %s", st)
 	}
 	for i := 0; i < 5; i++ {
-		tk, ok := reg.begin(p, "m")
+		tk, ok := reg.begin(p, "m", false)
 		if !ok || tk.probe {
 			t.Fatalf("attempt %d after the circuit closed: ok=%v probe=%v", i, ok, tk != nil && tk.probe)
 		}
@@ -374,7 +376,7 @@ func TestHealthProbeFailureReopens(t *testing.T) {
 	const open = 10 * time.Second
 	reg, p, clk := hlRegistry(t, 3, open)
 	hlOpenAndWait(t, reg, p, clk, open)
-	tk, ok := reg.begin(p, "m")
+	tk, ok := reg.begin(p, "m", false)
 	if !ok || !tk.probe {
 		t.Fatalf("no probe granted")
 	}
@@ -386,7 +388,7 @@ func TestHealthProbeFailureReopens(t *testing.T) {
 		t.Fatalf("after a failed probe: ok=%v at=%v; want refused until %v", ok, at, clk.Now().Add(open))
 	}
 	clk.Advance(open)
-	if tk, ok := reg.begin(p, "m"); !ok || !tk.probe {
+	if tk, ok := reg.begin(p, "m", false); !ok || !tk.probe {
 		t.Fatalf("no new probe after the second open period")
 	}
 }
@@ -395,21 +397,21 @@ func TestHealthAbandonedProbeFreesCircuit(t *testing.T) {
 	const open = 10 * time.Second
 	reg, p, clk := hlRegistry(t, 2, open)
 	hlOpenAndWait(t, reg, p, clk, open)
-	first, ok := reg.begin(p, "m")
+	first, ok := reg.begin(p, "m", false)
 	if !ok || !first.probe {
 		t.Fatalf("no probe granted")
 	}
-	if _, ok := reg.begin(p, "m"); ok {
+	if _, ok := reg.begin(p, "m", false); ok {
 		t.Fatalf("a second probe was granted while the first is out")
 	}
 	reg.abandon(first)
-	second, ok := reg.begin(p, "m")
+	second, ok := reg.begin(p, "m", false)
 	if !ok || !second.probe {
 		t.Fatalf("the next request did not get the probe after the first was abandoned")
 	}
 	// Abandoning the first again must not free the second's probe.
 	reg.abandon(first)
-	if _, ok := reg.begin(p, "m"); ok {
+	if _, ok := reg.begin(p, "m", false); ok {
 		t.Fatalf("a stale abandon freed the probe of another request")
 	}
 	// Abandoning a finished ticket changes nothing either.
@@ -424,7 +426,7 @@ func TestHealthProbeLeaseExpires(t *testing.T) {
 	const open = 10 * time.Second
 	reg, p, clk := hlRegistry(t, 2, open)
 	hlOpenAndWait(t, reg, p, clk, open)
-	if tk, ok := reg.begin(p, "m"); !ok || !tk.probe {
+	if tk, ok := reg.begin(p, "m", false); !ok || !tk.probe {
 		t.Fatalf("no probe granted")
 	}
 	lease := reg.settings.probeLease
@@ -432,11 +434,11 @@ func TestHealthProbeLeaseExpires(t *testing.T) {
 		t.Fatalf("probe lease is %v", lease)
 	}
 	clk.Advance(lease - time.Second)
-	if _, ok := reg.begin(p, "m"); ok {
+	if _, ok := reg.begin(p, "m", false); ok {
 		t.Fatalf("probe taken again before the lease of the lost one expired")
 	}
 	clk.Advance(time.Second)
-	if tk, ok := reg.begin(p, "m"); !ok || !tk.probe {
+	if tk, ok := reg.begin(p, "m", false); !ok || !tk.probe {
 		t.Fatalf("lease of a lost probe expired, but no new probe was granted")
 	}
 }
@@ -456,7 +458,7 @@ func TestHealthCooldownExtendsNeverShortens(t *testing.T) {
 	if _, at := reg.available(p, "m"); !at.Equal(t0.Add(20 * time.Second)) {
 		t.Fatalf("a longer hint did not extend the cooldown: %v", at)
 	}
-	if _, ok := reg.begin(p, "m"); ok {
+	if _, ok := reg.begin(p, "m", false); ok {
 		t.Fatalf("begin allowed during a cooldown")
 	}
 	if ok, _ := reg.available(p, "other"); !ok {
@@ -470,7 +472,7 @@ func TestHealthCooldownExtendsNeverShortens(t *testing.T) {
 	if ok, _ := reg.available(p, "m"); !ok {
 		t.Fatalf("not available once the cooldown ended")
 	}
-	if tk, ok := reg.begin(p, "m"); !ok || tk.probe {
+	if tk, ok := reg.begin(p, "m", false); !ok || tk.probe {
 		t.Fatalf("after a cooldown alone, begin: ok=%v probe=%v; want a plain attempt", ok, tk != nil && tk.probe)
 	}
 }
@@ -592,21 +594,21 @@ func TestHealthAllUnavailableGets503Integration(t *testing.T) {
 
 func TestHealthRateLimitCoolsDownIntegration(t *testing.T) {
 	limited := hlNewUpstream(t, hlStatus(429, "Retry-After", "30"))
-	tc := startCaddy(t, hlHealthSite(hlProviderBlock("alpha", limited.base(), "hl-key-a", "gpt-hl", 1, 1, 0), 1, "1s", ""))
+	dear := hlNewUpstream(t, hlOK)
+	providers := hlProviderBlock("alpha", limited.base(), "hl-key-a", "gpt-hl", 1, 1, 0) +
+		hlProviderBlock("beta", dear.base(), "hl-key-b", "gpt-hl", 9, 9, 0)
+	tc := startCaddy(t, hlHealthSite(providers, 1, "1s", ""))
 	first := tc.Post("/v1/chat/completions", hlChat("gpt-hl", false))
-	if first.StatusCode/100 == 2 {
-		t.Fatalf("a 429 became %d", first.StatusCode)
+	if first.StatusCode != 200 || first.Header.Get(headerRetries) != "1/alpha" {
+		t.Fatalf("first request: %d, %s %q; want 200 from beta after alpha's 429", first.StatusCode, headerRetries, first.Header.Get(headerRetries))
 	}
 	resp := tc.Post("/v1/chat/completions", hlChat("gpt-hl", false))
-	if resp.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("while cooling down: %d, want 503", resp.StatusCode)
-	}
-	ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
-	if err != nil || ra < 28 || ra > 30 {
-		t.Errorf("Retry-After %q; want about the provider's 30 s", resp.Header.Get("Retry-After"))
+	if resp.StatusCode != 200 || resp.Header.Get(headerProvider) != "beta" || resp.Header.Get(headerRetries) != "" {
+		t.Fatalf("while alpha cools down: %d from %q (%s %q); want 200 from beta alone",
+			resp.StatusCode, resp.Header.Get(headerProvider), headerRetries, resp.Header.Get(headerRetries))
 	}
 	if n := limited.calls.Load(); n != 1 {
-		t.Errorf("provider got %d requests; the 429 should keep it away (and not count as a breaker failure)", n)
+		t.Errorf("provider got %d requests; the 429 should keep it away while another can serve (and not count as a breaker failure)", n)
 	}
 	list, _ := hlAdminProviders(t, tc)
 	p := hlFind(list, "alpha", limited.URL)

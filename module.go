@@ -29,6 +29,7 @@ const (
 	defaultRetryAfterMax     = 5 * time.Second
 	defaultBreakerFailures   = 3
 	defaultBreakerOpen       = 30 * time.Second
+	defaultCooldownMax       = 5 * time.Minute
 	defaultOutputTokens      = 256
 )
 
@@ -72,6 +73,13 @@ type Handler struct {
 	// MaxBody is the largest request body accepted, in bytes; larger ones get
 	// 413. Default: 16MB (16,000,000 bytes).
 	MaxBody int64 `json:"max_body,omitempty"`
+
+	// CooldownMax caps how long a 429's Retry-After (or retry-after-ms) may
+	// keep a provider away from a model, whatever the provider asks for; it
+	// also caps the Retry-After arbstr sends when every provider is rate
+	// limiting. Cooldowns already running are cut to it when a config is
+	// loaded. Default: 5m.
+	CooldownMax caddy.Duration `json:"cooldown_max,omitempty"`
 
 	providers []*provider
 	policies  []*policy
@@ -220,6 +228,9 @@ func (h *Handler) applyDefaults() {
 	}
 	h.retry = newRetrySettings(h.Retry)
 	h.breaker = newBreakerSettings(h.Breaker)
+	if h.CooldownMax > 0 {
+		h.breaker.cooldownMax = time.Duration(h.CooldownMax)
+	}
 }
 
 // Validate refuses configurations that cannot work, naming the fix.
@@ -264,6 +275,7 @@ func (h *Handler) Validate() error {
 	for name, d := range map[string]caddy.Duration{
 		"timeout": h.Timeout, "attempt_timeout": h.AttemptTimeout,
 		"first_event_timeout": h.FirstEventTimeout, "stream_idle_timeout": h.StreamIdleTimeout,
+		"cooldown_max": h.CooldownMax,
 	} {
 		if d < 0 {
 			return fmt.Errorf("arbstr: %s must not be negative", name)

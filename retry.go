@@ -319,13 +319,14 @@ type delivery interface {
 
 // runPlan is the attempt planner, one for both paths: for each candidate,
 // for each try, send, classify, then retry, move on or stop.
-func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
+func (h *Handler) runPlan(ex *exchange, pl plan, d delivery) {
+	candidates := pl.candidates
 	tried := 0
 	for _, p := range candidates {
 		if tried > 0 && h.retry.fallbacks >= 0 && tried > h.retry.fallbacks {
 			break
 		}
-		t, ok := h.health.begin(p, ex.facts.model)
+		t, ok := h.health.begin(p, ex.facts.model, pl.pastCooldown)
 		if !ok {
 			continue // open or being probed by another request: never wait on it
 		}
@@ -346,8 +347,9 @@ func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
 	}
 	if wait, ok := allRateLimited(ex.records); ok {
 		// Every provider asked to slow down: say so, with a time the SDK
-		// honours, rather than a 502 that hides it.
-		ex.fail(errRateLimited(wait, ex.records))
+		// honours, rather than a 502 that hides it. Not longer than
+		// cooldown_max: arbstr tries them again by then.
+		ex.fail(errRateLimited(min(wait, h.breaker.cooldownMax), ex.records))
 		return
 	}
 	ex.fail(errAllFailed(ex.records))
@@ -394,7 +396,7 @@ func (h *Handler) tryProvider(ex *exchange, p *provider, t *ticket, d delivery) 
 		}
 		ex.records = append(ex.records, attemptRecord{p.name, res.status, res.class, res.retryAfter, res.err})
 		action := decide(res.class, res.retryAfter, h.retry.retryAfterMax, ex.remaining())
-		if action == retrySame && (try >= h.retry.attempts || t.probe || state != circuitClosed) {
+		if action == retrySame && (try >= h.retry.attempts || t.probe || t.pastCooldown || state != circuitClosed) {
 			action = nextProvider
 		}
 		if res.class == classRateLimited && res.retryAfter > 0 && action != retrySame {
@@ -426,7 +428,7 @@ func (h *Handler) tryProvider(ex *exchange, p *provider, t *ticket, d delivery) 
 			ex.clientGone()
 			return stopSilently
 		}
-		if t2, ok := h.health.begin(p, ex.facts.model); ok {
+		if t2, ok := h.health.begin(p, ex.facts.model, false); ok {
 			t = t2
 		} else {
 			return nextProvider

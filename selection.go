@@ -132,14 +132,18 @@ type selectionInput struct {
 }
 
 // availability answers whether a provider may be tried for a model now, and
-// if not, when it may be tried again.
-type availability func(p *provider, model string) (ok bool, retryAt time.Time)
+// if not, when and why not.
+type availability func(p *provider, model string) hold
 
 // plan is the outcome of choose: the providers to try, cheapest first, and
 // the policy that applied.
 type plan struct {
 	policy     *policy
 	candidates []*provider
+	// pastCooldown: every candidate was held back by a 429 cooldown alone,
+	// so the one whose cooldown ends first is tried once anyway (SPEC §7:
+	// never worse than talking to it directly).
+	pastCooldown bool
 }
 
 // choose applies SPEC §4: policy, candidates, expected-cost order. It is pure
@@ -156,6 +160,8 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 	var ranks []ranked
 	servedBySomeone, passedPolicy := false, false
 	var firstRetry time.Time
+	var soonest *provider // the held-back candidate free first
+	onlyCooldowns := true // every held-back candidate is held by a cooldown alone
 	for _, p := range providers {
 		if !p.serves(in.model) {
 			continue
@@ -166,9 +172,11 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 		}
 		passedPolicy = true
 		if available != nil {
-			if ok, at := available(p, in.model); !ok {
-				if firstRetry.IsZero() || at.Before(firstRetry) {
-					firstRetry = at
+			if h := available(p, in.model); !h.free() {
+				onlyCooldowns = onlyCooldowns && h.cooldownOnly
+				if firstRetry.IsZero() || h.until.Before(firstRetry) ||
+					(h.until.Equal(firstRetry) && p.name < soonest.name) {
+					firstRetry, soonest = h.until, p
 				}
 				continue
 			}
@@ -180,6 +188,8 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 		return plan{}, errModelNotFound(in.model)
 	case !passedPolicy:
 		return plan{}, errPolicyExcludesAll(pol.name, in.model)
+	case len(ranks) == 0 && onlyCooldowns:
+		return plan{policy: pol, candidates: []*provider{soonest}, pastCooldown: true}, nil
 	case len(ranks) == 0:
 		return plan{}, errAllUnhealthy(in.model, firstRetry.Sub(now))
 	}

@@ -127,16 +127,16 @@ func TestSelectionMatchPolicy(t *testing.T) {
 	}
 }
 
-// cfgHealth is an availability snapshot: providers listed are unavailable
-// until the given time.
-type cfgHealth map[string]time.Time
+// cfgHealth is an availability snapshot: providers listed are held back as
+// given; the others are free.
+type cfgHealth map[string]hold
 
-func (h cfgHealth) available(p *provider, model string) (bool, time.Time) {
-	if at, down := h[p.name]; down {
-		return false, at
-	}
-	return true, time.Time{}
-}
+func (h cfgHealth) available(p *provider, model string) hold { return h[p.name] }
+
+// cfgOpen holds a provider back until t by an open circuit (or a probe in
+// flight); cfgCooling by a 429 cooldown alone.
+func cfgOpen(t time.Time) hold    { return hold{until: t} }
+func cfgCooling(t time.Time) hold { return hold{until: t, cooldownOnly: true} }
 
 func TestSelectionChoose(t *testing.T) {
 	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
@@ -169,6 +169,7 @@ func TestSelectionChoose(t *testing.T) {
 		body      string
 		health    cfgHealth
 		want      []string
+		past      bool // want plan.pastCooldown
 		status    int
 		code      string
 		retryWait string // Retry-After header
@@ -199,21 +200,41 @@ func TestSelectionChoose(t *testing.T) {
 		{name: "max_output_rate cap (inclusive)", header: "cap", body: cfgChat("gpt-4o", `"max_tokens":4000`, "user", text(40)),
 			want: []string{"mapped", "cheap"}},
 		{name: "unhealthy providers are left out", body: cfgChat("gpt-4o", `"max_tokens":4000`, "user", text(40)),
-			health: cfgHealth{"mapped": now.Add(time.Minute)}, want: []string{"cheap", "dear"}},
+			health: cfgHealth{"mapped": cfgOpen(now.Add(time.Minute))}, want: []string{"cheap", "dear"}},
 		{name: "model served by nobody", body: cfgChat("claude", "", "user", text(4)), status: 404, code: "model_not_found"},
 		{name: "model served by nobody even if all are down", body: cfgChat("claude", "", "user", text(4)),
-			health: cfgHealth{"cheap": now.Add(time.Minute), "dear": now.Add(time.Minute), "mapped": now.Add(time.Minute)},
+			health: cfgHealth{"cheap": cfgOpen(now.Add(time.Minute)), "dear": cfgOpen(now.Add(time.Minute)), "mapped": cfgOpen(now.Add(time.Minute))},
 			status: 404, code: "model_not_found"},
 		{name: "policy leaves nobody", header: "tight", body: cfgChat("gpt-4o", "", "user", text(4)), status: 400, code: "no_provider_for_policy"},
 		{name: "all unhealthy: Retry-After until the first may be tried", body: cfgChat("tie", "", "user", text(4)),
-			health: cfgHealth{"zeta": now.Add(9 * time.Second), "alpha": now.Add(3200 * time.Millisecond), "mid": now.Add(time.Minute)},
+			health: cfgHealth{"zeta": cfgOpen(now.Add(9 * time.Second)), "alpha": cfgOpen(now.Add(3200 * time.Millisecond)), "mid": cfgOpen(now.Add(time.Minute))},
 			status: 503, code: "providers_unavailable", retryWait: "4"},
 		{name: "all unhealthy, almost over: Retry-After at least 1", body: cfgChat("flip-in", "", "user", text(4)),
-			health: cfgHealth{"per-in": now.Add(200 * time.Millisecond), "flat": now.Add(time.Minute)},
+			health: cfgHealth{"per-in": cfgOpen(now.Add(200 * time.Millisecond)), "flat": cfgOpen(now.Add(time.Minute))},
 			status: 503, code: "providers_unavailable", retryWait: "1"},
 		{name: "policy-capped survivors all unhealthy", header: "cap", body: cfgChat("gpt-4o", "", "user", text(4)),
-			health: cfgHealth{"cheap": now.Add(2 * time.Second), "mapped": now.Add(5 * time.Second)},
+			health: cfgHealth{"cheap": cfgOpen(now.Add(2 * time.Second)), "mapped": cfgOpen(now.Add(5 * time.Second))},
 			status: 503, code: "providers_unavailable", retryWait: "2"},
+		// SPEC §7, never worse than direct: held back by cooldowns alone,
+		// the one whose cooldown ends first is still tried, once.
+		{name: "all cooling down: the first free is tried anyway", body: cfgChat("tie", "", "user", text(4)),
+			health: cfgHealth{"zeta": cfgCooling(now.Add(9 * time.Second)), "alpha": cfgCooling(now.Add(3200 * time.Millisecond)), "mid": cfgCooling(now.Add(time.Minute))},
+			want:   []string{"alpha"}, past: true},
+		{name: "all cooling down, same end: name decides", body: cfgChat("tie", "", "user", text(4)),
+			health: cfgHealth{"zeta": cfgCooling(now.Add(time.Second)), "mid": cfgCooling(now.Add(time.Second)), "alpha": cfgCooling(now.Add(2 * time.Second))},
+			want:   []string{"mid"}, past: true},
+		{name: "all cooling down, cheapest ends last: ending first wins", body: cfgChat("gpt-4o", `"max_tokens":4000`, "user", text(40)),
+			health: cfgHealth{"mapped": cfgCooling(now.Add(time.Minute)), "cheap": cfgCooling(now.Add(time.Second)), "dear": cfgCooling(now.Add(2 * time.Second))},
+			want:   []string{"cheap"}, past: true},
+		{name: "one free, the others cooling: no cooldown is passed", body: cfgChat("tie", "", "user", text(4)),
+			health: cfgHealth{"alpha": cfgCooling(now.Add(time.Second)), "mid": cfgCooling(now.Add(time.Second))},
+			want:   []string{"zeta"}},
+		{name: "cooling and open: an open circuit is never passed", body: cfgChat("tie", "", "user", text(4)),
+			health: cfgHealth{"zeta": cfgCooling(now.Add(time.Second)), "alpha": cfgOpen(now.Add(3200 * time.Millisecond)), "mid": cfgCooling(now.Add(time.Minute))},
+			status: 503, code: "providers_unavailable", retryWait: "1"},
+		{name: "all cooling down under a policy: a capped provider is never tried", header: "cap", body: cfgChat("gpt-4o", "", "user", text(4)),
+			health: cfgHealth{"dear": cfgCooling(now.Add(time.Second)), "cheap": cfgCooling(now.Add(5 * time.Second)), "mapped": cfgCooling(now.Add(2 * time.Second))},
+			want:   []string{"mapped"}, past: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -247,6 +268,9 @@ func TestSelectionChoose(t *testing.T) {
 			}
 			if got := cfgNames(pl.candidates); !slices.Equal(got, tc.want) {
 				t.Errorf("candidates = %v, want %v", got, tc.want)
+			}
+			if pl.pastCooldown != tc.past {
+				t.Errorf("pastCooldown = %v, want %v", pl.pastCooldown, tc.past)
 			}
 		})
 	}
