@@ -98,6 +98,9 @@ func newFixture(t *testing.T) *fixture {
 	f.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.seen = append(f.seen, r.Method+" "+r.URL.RequestURI())
+		if r.Header.Get("Authorization") != "" {
+			f.seen = append(f.seen, "with Authorization: "+r.Method+" "+r.URL.RequestURI())
+		}
 		f.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	}))
@@ -141,7 +144,11 @@ func total(key map[string]any, requests, failed int, cost, dearest, p50, p95 flo
 
 // filledFixture answers like a ledger with two providers (one with a hostile
 // name), a page of requests and one more, and two budgets.
-func filledFixture(t *testing.T) *fixture {
+func filledFixture(t *testing.T) *fixture { return filledFixtureNamed(t, xssName) }
+
+// filledFixtureNamed is filledFixture with second as the second provider's name.
+func filledFixtureNamed(t *testing.T, second string) *fixture {
+	xssName := second
 	f := newFixture(t)
 	hour := time.Now().UTC().Truncate(time.Hour)
 	day := time.Now().UTC().Truncate(24 * time.Hour)
@@ -180,15 +187,15 @@ func filledFixture(t *testing.T) *fixture {
 		case "":
 			return http.StatusOK, map[string]any{
 				"requests": []any{
-					requestRow("req-0002", hour.Add(30*time.Minute), "cheapcloud", "gpt-4o-mini", "ok", 200, 12.5, 20),
-					requestRow("req-0001", hour.Add(20*time.Minute), xssName, "<b>bold-model</b>", "error", 502, 0, 0),
+					requestRow("req-0002", hour.Add(-20*time.Minute), "cheapcloud", "gpt-4o-mini", "ok", 200, 12.5, 20),
+					requestRow("req-0001", hour.Add(-30*time.Minute), xssName, "<b>bold-model</b>", "error", 502, 0, 0),
 				},
 				"next_cursor": "c2",
 			}
 		case "c2":
 			return http.StatusOK, map[string]any{
 				"requests": []any{
-					requestRow("req-0000", hour.Add(10*time.Minute), "cheapcloud", "older-model", "ok", 200, 3, 4),
+					requestRow("req-0000", hour.Add(-40*time.Minute), "cheapcloud", "older-model", "ok", 200, 3, 4),
 				},
 				"next_cursor": "",
 			}

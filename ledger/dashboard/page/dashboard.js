@@ -97,12 +97,18 @@
 
 	async function getJSON(what, params) {
 		const q = new URLSearchParams(params || {}).toString();
+		// A page opened as http://user:password@host/… may not fetch URLs
+		// that carry the password; the browser sends it for same-origin
+		// requests anyway.
+		const url = new URL(base + what + (q ? '?' + q : ''), location.href);
+		url.username = '';
+		url.password = '';
 		let resp;
 		try {
-			resp = await fetch(base + what + (q ? '?' + q : ''),
+			resp = await fetch(url.href,
 				{ headers: { Accept: 'application/json' }, cache: 'no-store', credentials: 'same-origin' });
 		} catch (e) {
-			throw new APIError(what, 0, 'the admin endpoint did not answer (' + e.message + ')');
+			throw new APIError(what, 0, 'no answer (' + e.message + ')');
 		}
 		const text = await resp.text();
 		let body = null;
