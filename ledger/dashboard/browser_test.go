@@ -104,8 +104,15 @@ func newFixture(t *testing.T) *fixture {
 		f.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	}))
-	f.Start() // httptest listens on 127.0.0.1
 	t.Cleanup(f.Close)
+	return f
+}
+
+// start starts serving; set the answers before, so that the server's
+// goroutines see them (the browser in between hides that order from the race
+// detector).
+func (f *fixture) start() *fixture {
+	f.Start() // httptest listens on 127.0.0.1
 	return f
 }
 
@@ -210,7 +217,7 @@ func filledFixtureNamed(t *testing.T, second string) *fixture {
 				"period_start": day.Format(time.RFC3339), "limit": 1000000, "spent": 45678, "reserved": 0},
 		}}
 	}
-	return f
+	return f.start()
 }
 
 func requestRow(id string, at time.Time, provider, model, outcome string, status int, cost, dearest float64) map[string]any {
@@ -332,6 +339,7 @@ func TestDashboardInBrowserEmptyLedger(t *testing.T) {
 	}
 	f.requests = func(string) (int, any) { return http.StatusOK, map[string]any{"requests": []any{}} }
 	f.budgets = func() (int, any) { return http.StatusNotFound, map[string]string{"error": "not found"} }
+	f.start()
 	dom := dumpDOM(t, f.URL+"/arbstr/dashboard", 3*time.Second)
 
 	if !strings.Contains(dom, `data-state="ready"`) {
@@ -362,6 +370,7 @@ func TestDashboardInBrowserShowsErrors(t *testing.T) {
 		return http.StatusServiceUnavailable, map[string]string{"error": "ledger is off"}
 	}
 	f.budgets = func() (int, any) { return http.StatusOK, map[string]any{"budgets": []any{}} }
+	f.start()
 	dom := dumpDOM(t, f.URL+"/arbstr/dashboard", 3*time.Second)
 
 	if !strings.Contains(dom, `data-state="error"`) {
