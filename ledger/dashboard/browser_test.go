@@ -155,7 +155,11 @@ func filledFixture(t *testing.T) *fixture { return filledFixtureNamed(t, xssName
 
 // filledFixtureNamed is filledFixture with second as the second provider's name.
 func filledFixtureNamed(t *testing.T, second string) *fixture {
-	xssName := second
+	// The hostile fixture also has a model name that is markup.
+	model := "llama-3.1-70b"
+	if second == xssName {
+		model = "<b>bold-model</b>"
+	}
 	f := newFixture(t)
 	hour := time.Now().UTC().Truncate(time.Hour)
 	day := time.Now().UTC().Truncate(24 * time.Hour)
@@ -170,14 +174,14 @@ func filledFixtureNamed(t *testing.T, second string) *fixture {
 		case "provider":
 			resp["groups"] = []any{
 				total(map[string]any{"provider": "cheapcloud"}, 1000, 10, 30000, 42000, 640, 2100),
-				total(map[string]any{"provider": xssName}, 200, 4, 15678, 16023, 1502, 4711),
+				total(map[string]any{"provider": second}, 200, 4, 15678, 16023, 1502, 4711),
 				total(map[string]any{"provider": ""}, 34, 20, 0, 0, 0, 0),
 			}
 		case "hour,provider":
 			resp["groups"] = []any{
 				total(map[string]any{"hour": hour.Add(-2 * time.Hour).Format(time.RFC3339), "provider": "cheapcloud"}, 600, 5, 14000, 20000, 600, 2000),
 				total(map[string]any{"hour": hour.Add(-1 * time.Hour).Format(time.RFC3339), "provider": "cheapcloud"}, 400, 5, 16000, 22000, 700, 2200),
-				total(map[string]any{"hour": hour.Add(-1 * time.Hour).Format(time.RFC3339), "provider": xssName}, 200, 4, 15678, 16023, 1502, 4711),
+				total(map[string]any{"hour": hour.Add(-1 * time.Hour).Format(time.RFC3339), "provider": second}, 200, 4, 15678, 16023, 1502, 4711),
 			}
 		case "day,provider":
 			resp["groups"] = []any{
@@ -195,7 +199,7 @@ func filledFixtureNamed(t *testing.T, second string) *fixture {
 			return http.StatusOK, map[string]any{
 				"requests": []any{
 					requestRow("req-0002", hour.Add(-20*time.Minute), "cheapcloud", "gpt-4o-mini", "ok", 200, 12.5, 20),
-					requestRow("req-0001", hour.Add(-30*time.Minute), xssName, "<b>bold-model</b>", "error", 502, 0, 0),
+					requestRow("req-0001", hour.Add(-30*time.Minute), second, model, "error", 502, 0, 0),
 				},
 				"next_cursor": "c2",
 			}
