@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -150,20 +150,28 @@ func readRequestBody(w http.ResponseWriter, r *http.Request, limit int64, deadli
 // stop ends the watch and reports whether it cut the body.
 func bodyDeadline(w http.ResponseWriter, deadline time.Time) (stop func() (timedOut bool)) {
 	rc := http.NewResponseController(w)
-	var fired atomic.Bool
+	var mu sync.Mutex
+	stopped, fired := false, false
 	t := time.AfterFunc(time.Until(deadline), func() {
-		fired.Store(true)
-		_ = rc.SetReadDeadline(time.Now())
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			fired = true
+			_ = rc.SetReadDeadline(time.Now())
+		}
 	})
 	return func() bool {
-		if t.Stop() {
-			return false
+		t.Stop()
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		if fired {
+			// If the body was read all the same, the deadline must go, or
+			// net/http's watch for the client closing the connection would
+			// take the timeout for a client that left.
+			_ = rc.SetReadDeadline(time.Time{})
 		}
-		// The timer fired: if the body was read all the same, lift the
-		// deadline again, or net/http's watch for the client closing the
-		// connection would take the timeout for a client that left.
-		_ = rc.SetReadDeadline(time.Time{})
-		return fired.Load()
+		return fired
 	}
 }
 

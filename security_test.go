@@ -430,7 +430,7 @@ func secRawRequest(t *testing.T, port int, method, path, body string, headers []
 var secSafeResponseHeaders = map[string]bool{
 	"Content-Type": true, "Content-Length": true, "Date": true, "Server": true,
 	"Cache-Control": true, "X-Accel-Buffering": true, "Retry-After": true, "X-Should-Retry": true,
-	"Trailer": true, "Vary": true,
+	"Trailer": true, "Vary": true, "X-Content-Type-Options": true,
 }
 
 // TestSecurityUpstreamHeadersFiltered: a provider's cookies, server banner
