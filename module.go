@@ -311,6 +311,12 @@ func (p *Provider) validate() error {
 	if u.User != nil {
 		return fmt.Errorf("arbstr: provider %q: url must not contain credentials; use api_key", p.Name)
 	}
+	if strings.ContainsAny(p.URL, "?#") {
+		// /chat/completions is appended to the URL: after a query or a
+		// fragment it would not be part of the path. The query is not
+		// quoted: it may hold a key.
+		return fmt.Errorf("arbstr: provider %q: url %s has a query or fragment (after ? or #); give the base URL only, like https://host/v1", p.Name, u.Scheme+"://"+u.Host+u.Path)
+	}
 	for field, v := range map[string]float64{"input_rate": p.InputRate, "output_rate": p.OutputRate, "base_fee": p.BaseFee} {
 		if v < 0 {
 			return fmt.Errorf("arbstr: provider %q: %s must not be negative", p.Name, field)

@@ -17,6 +17,7 @@ type provider struct {
 	chatURL    string
 	modelsURL  string
 	apiKey     string
+	redactKey  []byte // apiKey, when long enough to be redacted from relayed answers
 	anyModel   bool
 	served     map[string]bool
 	upstream   map[string]string
@@ -56,6 +57,9 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 		rp.upstream[public] = up
 	}
 	rp.anyModel = len(rp.served) == 0 || rp.wildcard != ""
+	if len(key) >= minRedactedKey {
+		rp.redactKey = []byte(key)
+	}
 	return rp, nil
 }
 

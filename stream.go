@@ -131,8 +131,9 @@ type pump struct {
 	flushErr error // the client could not be written to
 	// idleTimer runs only while waiting for the provider: time spent
 	// blocked on a slow client is not the provider's silence.
-	idleTimer *time.Timer
-	idle      time.Duration
+	idleTimer    *time.Timer
+	idle         time.Duration
+	idleDeadline time.Time // when the idle timer fires, while it runs
 }
 
 func (p *pump) run(first []byte, info chunkInfo) attemptResult {
@@ -153,6 +154,7 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 				return p.clientGone()
 			}
 		}
+		p.idleDeadline = time.Now().Add(p.idle)
 		p.idleTimer.Reset(p.idle)
 		ev, err := p.sc.Next()
 		p.idleTimer.Stop()
@@ -211,6 +213,7 @@ func (p *pump) write(data []byte) bool {
 // that arrived together go out in one flush, as reverse_proxy sends them,
 // and none waits for a later one.
 func (p *pump) send(data []byte) bool {
+	data = p.at.provider.redact(data)
 	p.out = append(p.out[:0], "data: "...)
 	if bytes.IndexByte(data, '\n') < 0 {
 		p.out = append(p.out, data...)
@@ -226,12 +229,22 @@ func (p *pump) send(data []byte) bool {
 }
 
 // flushBeforeRead flushes what was written before the scanner waits for
-// the provider, with the idle timer held: a flush blocked by a slow client
-// must not count as the provider's silence.
+// the provider. The idle deadline moves by the time the flush took: a flush
+// blocked by a slow client is not the provider's silence. Reads themselves
+// leave the timer alone: only a data event resets it (run), so comments,
+// pings and partial bytes cannot hold a stream open (SPEC §8).
 func (p *pump) flushBeforeRead() error {
-	p.idleTimer.Stop()
-	defer p.idleTimer.Reset(p.idle)
-	return p.flushPending()
+	if !p.pending {
+		return nil
+	}
+	if !p.idleTimer.Stop() {
+		return p.flushPending() // the timer fired: the attempt is cancelled
+	}
+	start := time.Now()
+	err := p.flushPending()
+	p.idleDeadline = p.idleDeadline.Add(time.Since(start))
+	p.idleTimer.Reset(time.Until(p.idleDeadline))
+	return err
 }
 
 // flushPending flushes the events written since the last flush.
