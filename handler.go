@@ -119,7 +119,7 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 	if facts.stream {
 		d = &streamDelivery{}
 	}
-	h.runPlan(ex, pl.candidates, d)
+	h.runPlan(ex, &pl, d)
 }
 
 // readRequestBody reads the body whole, refusing it with 413 before reading

@@ -53,9 +53,9 @@ func inspectChunkTwoPass(data []byte) chunkInfo {
 // benchChunks are the chunks of a stream as providers send them: mostly
 // content, then the finish and include_usage chunks.
 var benchChunks = map[string]string{
-	"content": `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"content":" word17"},"logprobs":null,"finish_reason":null}]}`,
-	"finish":  `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}`,
-	"usage":   `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":200,"total_tokens":212}}`,
+	"content":   `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"content":" word17"},"logprobs":null,"finish_reason":null}]}`,
+	"finish":    `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}`,
+	"usage":     `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":200,"total_tokens":212}}`,
 	"tool call": `{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\": \"Paris\", \"unit\": \"c\"}"}}]},"logprobs":null,"finish_reason":null}]}`,
 }
 
