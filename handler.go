@@ -117,7 +117,7 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 	if facts.stream {
 		d = &streamDelivery{}
 	}
-	h.runPlan(ex, pl, d)
+	h.runPlan(ex, &pl, d)
 }
 
 // readRequestBody reads the body whole, refusing it with 413 before reading

@@ -290,7 +290,7 @@ func usageEdit(body []byte, f *requestFacts) edit {
 		return edit{f.includeUsageAt.Start, f.includeUsageAt.End, []byte("true")}
 	case f.streamOptions.Kind == jsonscan.Object:
 		open := f.streamOptions.Start + 1
-		if isEmptyObject(body, f.streamOptions) {
+		if isEmpty(body, f.streamOptions) {
 			return edit{open, open, []byte(member)}
 		}
 		return edit{open, open, []byte(member + ",")}
@@ -302,7 +302,8 @@ func usageEdit(body []byte, f *requestFacts) edit {
 	}
 }
 
-func isEmptyObject(body []byte, obj jsonscan.Span) bool {
+// isEmpty reports whether a valid object or array has no members or elements.
+func isEmpty(body []byte, obj jsonscan.Span) bool {
 	return len(bytes.TrimSpace(body[obj.Start+1:obj.End-1])) == 0
 }
 

@@ -25,18 +25,27 @@ type chunkInfo struct {
 
 var doneMarker = []byte("[DONE]")
 
-// inspectChunk reads a chunk's error, finish_reason and usage in one pass.
+// inspectChunk reads a chunk's error, finish_reason and usage in one pass:
+// the choices are validated and searched for a finish_reason together.
 func inspectChunk(data []byte) chunkInfo {
 	var info chunkInfo
 	var choices, usageSpan jsonscan.Span
-	_, err := jsonscan.TopLevelObject(data, func(key []byte, v jsonscan.Span) error {
+	finishSeen := false // in the choices being read; they count if an array
+	_, err := jsonscan.Walk(data, func(key []byte, v jsonscan.Span) error {
 		switch string(key) {
 		case "error":
 			info.isError = v.Kind != jsonscan.Null
 		case "choices":
 			choices = v
+			info.finished = finishSeen && v.Kind == jsonscan.Array
+			finishSeen = false
 		case "usage":
 			usageSpan = v
+		}
+		return nil
+	}, "choices", func(key []byte, v jsonscan.Span) error {
+		if string(key) == "finish_reason" && v.Kind == jsonscan.String {
+			finishSeen = true
 		}
 		return nil
 	})
@@ -44,21 +53,7 @@ func inspectChunk(data []byte) chunkInfo {
 		return chunkInfo{}
 	}
 	info.valid = true
-	info.noChoices = true
-	if choices.Kind == jsonscan.Array {
-		_ = jsonscan.Elements(data, choices, func(c jsonscan.Span) error {
-			info.noChoices = false
-			if c.Kind == jsonscan.Object {
-				_ = jsonscan.Members(data, c, func(key []byte, v jsonscan.Span) error {
-					if string(key) == "finish_reason" && v.Kind == jsonscan.String {
-						info.finished = true
-					}
-					return nil
-				})
-			}
-			return nil
-		})
-	}
+	info.noChoices = choices.Kind != jsonscan.Array || isEmpty(data, choices)
 	if usageSpan.Kind == jsonscan.Object {
 		info.usage = usageFrom(data, usageSpan)
 		info.usageOnly = info.noChoices
