@@ -16,7 +16,7 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
-	_ "modernc.org/sqlite"            // database/sql driver "sqlite", pure Go
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
 )
 
 // Drivers Open knows.
