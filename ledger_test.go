@@ -509,3 +509,38 @@ func TestLedgerDefaultsAndOff(t *testing.T) {
 		t.Fatalf("stats with the ledger off: %d %q", code, st.Error)
 	}
 }
+
+// The global option becomes apps.arbstr; mistakes name their line.
+func TestLedgerGlobalOption(t *testing.T) {
+	site := "http://127.0.0.1:1 {\n\trespond ok\n}\n"
+	cfg, err := tryAdapt("{\n\tarbstr {\n\t\tledger postgres {env.DB_URL}\n\t\tretention 30d\n\t\tclient_id {http.auth.user.id}\n\t\tqueue 500\n\t}\n}\n" + site)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Apps struct {
+			Arbstr App `json:"arbstr"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(cfg, &got); err != nil {
+		t.Fatal(err)
+	}
+	a := got.Apps.Arbstr
+	if a.Ledger == nil || a.Ledger.Driver != "postgres" || a.Ledger.DSN != "{env.DB_URL}" ||
+		time.Duration(a.Retention) != 30*24*time.Hour || a.ClientID != "{http.auth.user.id}" || a.Queue != 500 {
+		t.Fatalf("apps.arbstr = %s", cfg)
+	}
+	for _, c := range []struct{ body, says string }{
+		{"ledger mysql x", "unknown ledger store"},
+		{"ledger postgres", "connection URL"},
+		{"ledger", "sqlite [path], postgres <url> or off"},
+		{"retention soon", "retention"},
+		{"queue -3", "queue"},
+		{"budgets x", "unknown arbstr global option"},
+	} {
+		_, err := tryAdapt("{\n\tarbstr {\n\t\t" + c.body + "\n\t}\n}\n" + site)
+		if err == nil || !strings.Contains(err.Error(), c.says) || !strings.Contains(err.Error(), "Caddyfile:3") {
+			t.Errorf("%q: %v, want an error at Caddyfile:3 saying %q", c.body, err, c.says)
+		}
+	}
+}
