@@ -480,6 +480,24 @@ func TestLedgerPostgresDownAndShared(t *testing.T) {
 	if len(page.Requests) != 6 || page.Requests[5].ID != ids[0] {
 		t.Fatalf("rows of this instance: %d, want all 6 written after the outage", len(page.Requests))
 	}
+
+	// Cut again in the middle of a run of requests, with connections open.
+	for i := range 10 {
+		if i == 5 {
+			proxy.setDown(true)
+		}
+		resp := tc.Post("/v1/chat/completions", fmt.Sprintf(ledgerChat, ""))
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d with the database cut: %d, want 200", i, resp.StatusCode)
+		}
+	}
+	proxy.setDown(false)
+	flushLedger(t)
+	adminGet(t, tc, "/arbstr/requests?instance="+instanceID(), &page)
+	if len(page.Requests) != 16 {
+		t.Fatalf("rows of this instance after the second outage: %d, want 16", len(page.Requests))
+	}
 }
 
 // Without the arbstr global block the ledger is on, in SQLite under
