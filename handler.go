@@ -113,6 +113,7 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 		ex.fail(apiErr)
 		return
 	}
+	ex.plan = &pl
 	var d delivery = bufferedDelivery{}
 	if facts.stream {
 		d = &streamDelivery{}

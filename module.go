@@ -91,6 +91,7 @@ type Handler struct {
 	health          *healthRegistry
 	metrics         *arbstrMetrics
 	client          *http.Client
+	app             *App // the arbstr app: the ledger, shared by every handler
 	logger          *zap.Logger
 }
 
@@ -210,6 +211,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = m
 	h.client = newUpstreamClient()
+	if h.app, err = loadApp(ctx); err != nil {
+		return err
+	}
 	return nil
 }
 

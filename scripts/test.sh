@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZTIME=${FUZZTIME:-10s}
-# The dashboard's browser tests and the PostgreSQL store tests fail instead
-# of skipping when chromium or the database is missing.
-export ARBSTR_REQUIRE_BROWSER=1 ARBSTR_REQUIRE_POSTGRES=1
+# The dashboard's browser tests fail instead of skipping when chromium is
+# missing (PostgreSQL tests always fail when the database is down).
+export ARBSTR_REQUIRE_BROWSER=1
 
 echo "== go vet"
 go vet ./...
