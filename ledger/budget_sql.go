@@ -96,6 +96,15 @@ func (b *SQLBudgets) Reserve(ctx context.Context, r Reservation) (Admission, err
 		return Admission{}, err
 	}
 	defer tx.Rollback()
+	if b.store.driver == DriverPostgres {
+		// A reservation is a lease, not a record: it need not wait for the
+		// WAL flush (visibility and locking are unchanged; only a server
+		// crash could lose the reservations of requests in flight).
+		// Settlement, the spending itself, stays durable.
+		if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+			return Admission{}, err
+		}
+	}
 	adm := Admission{RemainingMSat: math.MaxInt64, Reservation: r}
 	expires := now.Add(b.lease).UnixMilli()
 	for _, c := range r.Charges {

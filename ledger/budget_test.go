@@ -32,7 +32,7 @@ func (c *fakeClock) Add(d time.Duration) {
 
 // openInstances opens n handles (n connection pools, as n Caddy instances
 // would) on one fresh database of the driver.
-func openInstances(t *testing.T, driver string, n int) []*SQLStore {
+func openInstances(t testing.TB, driver string, n int) []*SQLStore {
 	t.Helper()
 	dsn := filepath.Join(t.TempDir(), "ledger.db")
 	if driver == DriverPostgres {
