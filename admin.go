@@ -31,12 +31,13 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Routes returns the /arbstr/providers route.
+// Routes returns the /arbstr/providers route and the ledger's
+// /arbstr/stats and /arbstr/requests.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{
+	return append([]caddy.AdminRoute{{
 		Pattern: adminProvidersPath,
 		Handler: caddy.AdminHandlerFunc(a.handleProviders),
-	}}
+	}}, ledgerRoutes()...)
 }
 
 // handleProviders answers GET /arbstr/providers with a JSON array of

@@ -117,6 +117,7 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 		ex.fail(apiErr)
 		return
 	}
+	ex.plan = pl
 	var d delivery = bufferedDelivery{}
 	if facts.stream {
 		d = &streamDelivery{}
@@ -165,6 +166,12 @@ type exchange struct {
 	usage    usage
 	outcome  string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
 	aborted  bool   // the response must be cut, not ended cleanly
+
+	// For the ledger row (ledger_row.go).
+	plan       plan          // the policy and the providers that qualified
+	status     int           // the status the client got; 0 when none was written
+	errorCode  string        // the code of arbstr's own error answer
+	firstEvent time.Duration // a stream's time from the request's start to commit
 }
 
 func (ex *exchange) remaining() time.Duration { return time.Until(ex.deadline) }
@@ -215,7 +222,7 @@ func (ex *exchange) setCommonHeaders(p *provider) {
 
 // commit writes the response head of a provider's good answer.
 func (ex *exchange) commit(p *provider, status int, contentType string, length int64) {
-	ex.provider, ex.outcome = p, "ok"
+	ex.provider, ex.outcome, ex.status = p, "ok", status
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	if contentType != "" {
@@ -243,7 +250,7 @@ func (ex *exchange) succeeded(p *provider, res attemptResult) {
 
 // relay passes a provider's refusal of the request to the client as it was.
 func (ex *exchange) relay(p *provider, rr *relayedResponse) {
-	ex.provider, ex.outcome = p, "relayed"
+	ex.provider, ex.outcome, ex.status = p, "relayed", rr.status
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	if rr.contentType != "" {
@@ -256,7 +263,7 @@ func (ex *exchange) relay(p *provider, rr *relayedResponse) {
 
 // fail answers with an error of arbstr's own.
 func (ex *exchange) fail(e *apiError) {
-	ex.outcome = "error"
+	ex.outcome, ex.status, ex.errorCode = "error", e.status, e.code
 	if len(ex.records) > 0 {
 		ex.w.Header().Set(headerRetries, retriesHeader(ex.records))
 	}
@@ -278,7 +285,7 @@ func (ex *exchange) cost() (float64, bool) {
 }
 
 // account reports the request once it is over: placeholders, access log
-// fields and metrics.
+// fields, metrics and the ledger.
 func (ex *exchange) account() {
 	providerName, model := "", ""
 	if ex.provider != nil {
@@ -291,6 +298,7 @@ func (ex *exchange) account() {
 	ex.setPlaceholders() // again: a stream's cost is known only now
 	ex.logFields(providerName, model, cost, costKnown)
 	ex.h.metrics.observeRequest(ex, providerName, model, cost, costKnown)
+	ex.recordInLedger(providerName, model, cost, costKnown)
 }
 
 // setPlaceholders publishes {http.arbstr.*}. It runs before the response

@@ -83,6 +83,7 @@ type Handler struct {
 	health          *healthRegistry
 	metrics         *arbstrMetrics
 	client          *http.Client
+	app             *App // the arbstr app: the ledger, shared by every handler
 	logger          *zap.Logger
 }
 
@@ -202,6 +203,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = m
 	h.client = newUpstreamClient()
+	if h.app, err = loadApp(ctx); err != nil {
+		return err
+	}
 	return nil
 }
 

@@ -441,7 +441,8 @@ func (p *pump) abort() { p.ex.aborted = true }
 
 // commitStream writes the head of a streaming response.
 func (ex *exchange) commitStream(p *provider, status int) {
-	ex.provider, ex.outcome = p, "ok"
+	ex.provider, ex.outcome, ex.status = p, "ok", status
+	ex.firstEvent = time.Since(ex.start)
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	hdr.Set("Content-Type", "text/event-stream")

@@ -64,23 +64,23 @@ func rowArgs(r Row) []any {
 	if r.Complexity != nil {
 		complexity = *r.Complexity
 	}
-	return []any{r.ID, r.Time.UnixMilli(), r.Instance, r.Client, r.Policy, r.Model, r.Provider, r.UpstreamModel,
+	return []any{r.ID, r.Time.UnixMicro(), r.Instance, r.Client, r.Policy, r.Model, r.Provider, r.UpstreamModel,
 		r.Stream, r.Status, r.Outcome, r.Attempts, r.Retries, r.PromptTokens, r.CompletionTokens, r.CostSats,
 		r.DearestCostSats, r.LatencyMS, firstEvent, r.ErrorCode, r.Continuations, complexity, r.Tier}
 }
 
 func scanRow(rows *sql.Rows) (Row, error) {
 	var r Row
-	var ms int64
+	var us int64
 	var firstEvent sql.NullInt64
 	var complexity sql.NullFloat64
-	err := rows.Scan(&r.ID, &ms, &r.Instance, &r.Client, &r.Policy, &r.Model, &r.Provider, &r.UpstreamModel,
+	err := rows.Scan(&r.ID, &us, &r.Instance, &r.Client, &r.Policy, &r.Model, &r.Provider, &r.UpstreamModel,
 		&r.Stream, &r.Status, &r.Outcome, &r.Attempts, &r.Retries, &r.PromptTokens, &r.CompletionTokens, &r.CostSats,
 		&r.DearestCostSats, &r.LatencyMS, &firstEvent, &r.ErrorCode, &r.Continuations, &complexity, &r.Tier)
 	if err != nil {
 		return r, err
 	}
-	r.Time = time.UnixMilli(ms).UTC()
+	r.Time = time.UnixMicro(us).UTC()
 	if firstEvent.Valid {
 		r.FirstEventMS = &firstEvent.Int64
 	}
@@ -97,11 +97,11 @@ func (f Filter) where() (string, []any, error) {
 	var args []any
 	if !f.Since.IsZero() {
 		conds = append(conds, "time >= ?")
-		args = append(args, f.Since.UnixMilli())
+		args = append(args, f.Since.UnixMicro())
 	}
 	if !f.Until.IsZero() {
 		conds = append(conds, "time < ?")
-		args = append(args, f.Until.UnixMilli())
+		args = append(args, f.Until.UnixMicro())
 	}
 	keys := make([]string, 0, len(f.Match))
 	for k := range f.Match {
@@ -127,9 +127,9 @@ func groupExpr(key string) (string, bool) {
 	case "provider", "model", "policy", "client":
 		return key, true
 	case "day":
-		return "(time / 86400000) * 86400000", true
+		return "(time / 86400000000) * 86400000000", true
 	case "hour":
-		return "(time / 3600000) * 3600000", true
+		return "(time / 3600000000) * 3600000000", true
 	}
 	return "", false
 }
@@ -251,7 +251,7 @@ func keyString(key string, v any) string {
 		return ""
 	case int64:
 		if key == "day" || key == "hour" {
-			return time.UnixMilli(x).UTC().Format(time.RFC3339)
+			return time.UnixMicro(x).UTC().Format(time.RFC3339)
 		}
 		return strconv.FormatInt(x, 10)
 	case []byte:
@@ -312,7 +312,7 @@ func (s *SQLStore) Requests(ctx context.Context, q RequestsQuery) (Page, error) 
 	if len(page.Rows) > limit {
 		page.Rows = page.Rows[:limit]
 		last := page.Rows[limit-1]
-		page.NextCursor = encodeCursor(last.Time.UnixMilli(), last.ID)
+		page.NextCursor = encodeCursor(last.Time.UnixMicro(), last.ID)
 	}
 	return page, nil
 }
@@ -337,7 +337,7 @@ func (s *SQLStore) DeleteBefore(ctx context.Context, t time.Time) (int64, error)
 	if err := s.ensureMigrated(ctx); err != nil {
 		return 0, err
 	}
-	res, err := s.db.ExecContext(ctx, s.Rebind("DELETE FROM requests WHERE time < ?"), t.UnixMilli())
+	res, err := s.db.ExecContext(ctx, s.Rebind("DELETE FROM requests WHERE time < ?"), t.UnixMicro())
 	if err != nil {
 		return 0, err
 	}

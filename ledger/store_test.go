@@ -169,8 +169,8 @@ func TestStorePagination(t *testing.T) {
 		ctx := context.Background()
 		var rows []Row
 		for i := range 25 {
-			// Pairs share a millisecond: the cursor must tell them apart.
-			rows = append(rows, Row{ID: fmt.Sprintf("id-%02d", i), Time: t0.Add(time.Duration(i/2) * time.Millisecond), Outcome: "ok"})
+			// Pairs share a microsecond: the cursor must tell them apart.
+			rows = append(rows, Row{ID: fmt.Sprintf("id-%02d", i), Time: t0.Add(time.Duration(i/2) * time.Microsecond), Outcome: "ok"})
 		}
 		if err := s.Insert(ctx, rows); err != nil {
 			t.Fatal(err)

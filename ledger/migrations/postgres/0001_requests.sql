@@ -1,4 +1,4 @@
--- One row per chat request (SPEC §11). time is milliseconds since the Unix
+-- One row per chat request (SPEC §11). time is microseconds since the Unix
 -- epoch (UTC), the same in both stores so that every query is shared.
 CREATE TABLE requests (
 	id                TEXT    NOT NULL PRIMARY KEY,
