@@ -494,3 +494,78 @@ func TestBudgetKilledProcessReservationReleased(t *testing.T) {
 	}
 	t.Fatal("the killed process's reservation still counts after its 2s lease")
 }
+
+// A client that leaves mid-stream ends the request; the provider reported
+// no usage, so the whole reservation is charged (never less than could
+// have been spent) and nothing stays reserved.
+func TestBudgetClientGoneMidStreamSettles(t *testing.T) {
+	release := make(chan struct{})
+	up := rtNewUpstream(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}`+"\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(release)
+	tc := budgetCaddyWith(t, "ledger sqlite "+filepath.Join(t.TempDir(), "l.db")+budgetFive,
+		rtProvider("alpha", up.url(), 0, "output_rate 1000"))
+	req, _ := http.NewRequest(http.MethodPost, tc.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o","stream":true,"max_tokens":2000,"messages":[{"role":"user","content":"hello"}]}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first event: %v, status %d", err, resp.StatusCode)
+	}
+	if list := getBudgets(t, tc.Admin); list[0].Reserved != 2 {
+		t.Fatalf("while streaming: %+v; want 2 sats reserved (2000 tokens at 1000 sats/M)", list[0])
+	}
+	resp.Body.Close() // the client leaves
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if list := getBudgets(t, tc.Admin); list[0].Reserved == 0 {
+			if list[0].Spent != 2 {
+				t.Fatalf("after the client left: %+v; want the 2 reserved sats charged", list[0])
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("the request of a client that left was never settled")
+}
+
+// The Caddyfile and the JSON config say the same.
+func TestBudgetJSONConfig(t *testing.T) {
+	cfg := adaptCaddyfile(t, `{
+	arbstr {
+		budget team {
+			per            policy
+			limit          500
+			period         month
+			reserve_tokens 1000
+			fail_open
+		}
+	}
+}
+:8080 {
+	respond ok
+}`)
+	var got struct {
+		Apps struct {
+			Arbstr struct {
+				Budgets []BudgetConfig `json:"budgets"`
+			} `json:"arbstr"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(cfg, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := BudgetConfig{Name: "team", Per: "policy", Limit: 500, Period: "month", ReserveTokens: 1000, FailOpen: true}
+	if len(got.Apps.Arbstr.Budgets) != 1 || got.Apps.Arbstr.Budgets[0] != want {
+		t.Fatalf("apps.arbstr.budgets = %+v; want [%+v]\n%s", got.Apps.Arbstr.Budgets, want, cfg)
+	}
+}
