@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -567,5 +568,44 @@ func TestBudgetJSONConfig(t *testing.T) {
 	want := BudgetConfig{Name: "team", Per: "policy", Limit: 500, Period: "month", ReserveTokens: 1000, FailOpen: true}
 	if len(got.Apps.Arbstr.Budgets) != 1 || got.Apps.Arbstr.Budgets[0] != want {
 		t.Fatalf("apps.arbstr.budgets = %+v; want [%+v]\n%s", got.Apps.Arbstr.Budgets, want, cfg)
+	}
+}
+
+// docs/budgets.md stays honest: its Caddyfile and JSON examples load.
+func TestBudgetDocExamples(t *testing.T) {
+	doc, err := os.ReadFile("docs/budgets.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```caddyfile\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
+	if len(blocks) == 0 {
+		t.Fatal("no Caddyfile example in docs/budgets.md")
+	}
+	for _, b := range blocks {
+		if _, err := tryAdapt(b[1]); err != nil {
+			t.Errorf("example does not adapt: %v\n%s", err, b[1])
+		}
+	}
+	jsonBlocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
+	if len(jsonBlocks) < 2 {
+		t.Fatal("want the JSON config and /arbstr/budgets examples")
+	}
+	var cfg struct {
+		Apps struct {
+			Arbstr App `json:"arbstr"`
+		} `json:"apps"`
+	}
+	dec := json.NewDecoder(strings.NewReader(jsonBlocks[0][1]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil || len(cfg.Apps.Arbstr.Budgets) != 2 {
+		t.Errorf("JSON example: %v, %d budgets", err, len(cfg.Apps.Arbstr.Budgets))
+	}
+	var list struct {
+		Budgets []budgetState `json:"budgets"`
+	}
+	dec = json.NewDecoder(strings.NewReader(jsonBlocks[1][1]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&list); err != nil || len(list.Budgets) != 1 {
+		t.Errorf("/arbstr/budgets example: %v", err)
 	}
 }
