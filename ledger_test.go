@@ -562,3 +562,49 @@ func TestLedgerGlobalOption(t *testing.T) {
 		}
 	}
 }
+
+// docs/ledger.md's Caddyfile examples adapt, and its JSON example is the
+// app's JSON.
+func TestLedgerDocExamples(t *testing.T) {
+	doc, err := os.ReadFile("docs/ledger.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(doc)
+	blocks := 0
+	for _, lang := range []string{"caddyfile", "json"} {
+		rest := text
+		for {
+			_, after, ok := strings.Cut(rest, "```"+lang+"\n")
+			if !ok {
+				break
+			}
+			block, tail, _ := strings.Cut(after, "```")
+			rest = tail
+			blocks++
+			if lang == "caddyfile" {
+				if _, err := tryAdapt(block); err != nil {
+					t.Errorf("docs/ledger.md example does not adapt: %v\n%s", err, block)
+				}
+				continue
+			}
+			var cfg struct {
+				Apps struct {
+					Arbstr json.RawMessage `json:"arbstr"`
+				} `json:"apps"`
+			}
+			if err := json.Unmarshal([]byte(block), &cfg); err != nil {
+				t.Fatalf("docs/ledger.md JSON example: %v", err)
+			}
+			dec := json.NewDecoder(strings.NewReader(string(cfg.Apps.Arbstr)))
+			dec.DisallowUnknownFields()
+			var app App
+			if err := dec.Decode(&app); err != nil || app.Ledger == nil || app.Queue != 10000 {
+				t.Errorf("docs/ledger.md JSON example is not the app's JSON: %v %+v", err, app)
+			}
+		}
+	}
+	if blocks < 2 {
+		t.Fatalf("found %d examples in docs/ledger.md", blocks)
+	}
+}
