@@ -108,22 +108,16 @@ func (b *SQLBudgets) Reserve(ctx context.Context, r Reservation) (Admission, err
 	adm := Admission{RemainingMSat: math.MaxInt64, Reservation: r}
 	expires := now.Add(b.lease).UnixMilli()
 	for _, c := range r.Charges {
-		room, err := b.lockRoom(ctx, tx, c, now)
+		room, admitted, err := b.admitOne(ctx, tx, r, c, now, expires)
 		if err != nil {
 			return Admission{}, err
 		}
-		if r.AmountMSat > room {
+		if !admitted {
 			// The deferred rollback drops the reservations of the
 			// budgets before this one: none or all.
 			return Admission{RemainingMSat: max(room, 0), RefusedBy: c.Budget.Name, Reservation: r}, nil
 		}
 		adm.RemainingMSat = min(adm.RemainingMSat, room-r.AmountMSat)
-		_, err = tx.ExecContext(ctx, b.store.Rebind(`INSERT INTO budget_reservations
-			(id, name, key, period_start, amount, expires_at) VALUES (?, ?, ?, ?, ?, ?)`),
-			r.ID, c.Budget.Name, c.Key, c.PeriodStart.UnixMilli(), r.AmountMSat, expires)
-		if err != nil {
-			return Admission{}, err
-		}
 	}
 	if err := tx.Commit(); err != nil {
 		return Admission{}, err
@@ -132,11 +126,12 @@ func (b *SQLBudgets) Reserve(ctx context.Context, r Reservation) (Admission, err
 	return adm, nil
 }
 
-// lockRoom locks the usage row of a budget key (creating it), then reads
-// the live reservations under that lock: everything committed before the
-// lock was granted counts, and nobody else can admit against this key
-// until the transaction ends. It returns limit − spent − reserved.
-func (b *SQLBudgets) lockRoom(ctx context.Context, tx *sql.Tx, c Charge, now time.Time) (int64, error) {
+// admitOne locks the usage row of a budget key (creating it), then reads
+// the live reservations under that lock and inserts this one when it fits:
+// everything committed before the lock was granted counts, and nobody
+// else can admit against this key until the transaction ends. It returns
+// the room before this reservation (limit − spent − reserved).
+func (b *SQLBudgets) admitOne(ctx context.Context, tx *sql.Tx, r Reservation, c Charge, now time.Time, expires int64) (int64, bool, error) {
 	start := c.PeriodStart.UnixMilli()
 	var spent int64
 	err := tx.QueryRowContext(ctx, b.store.Rebind(`INSERT INTO budget_usage (name, key, period_start, spent)
@@ -144,16 +139,40 @@ func (b *SQLBudgets) lockRoom(ctx context.Context, tx *sql.Tx, c Charge, now tim
 		ON CONFLICT (name, key, period_start) DO UPDATE SET spent = budget_usage.spent
 		RETURNING spent`), c.Budget.Name, c.Key, start).Scan(&spent)
 	if err != nil {
-		return 0, err
+		return 0, false, err
+	}
+	unreserved := c.Budget.LimitMSat - spent
+	if b.store.driver == DriverPostgres {
+		// One round trip: a new statement takes a new snapshot, after the
+		// lock above was granted, so it sees every reservation committed
+		// before; its two parts share that snapshot.
+		var reserved, inserted int64
+		err := tx.QueryRowContext(ctx, `WITH held AS (
+				SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS reserved FROM budget_reservations
+				WHERE name = $1 AND key = $2 AND period_start = $3 AND expires_at > $4),
+			ins AS (
+				INSERT INTO budget_reservations (id, name, key, period_start, amount, expires_at)
+				SELECT $5, $1, $2, $3, $6, $7 FROM held WHERE $8 - held.reserved >= $6
+				RETURNING 1)
+			SELECT held.reserved, (SELECT COUNT(*) FROM ins) FROM held`,
+			c.Budget.Name, c.Key, start, now.UnixMilli(), r.ID, r.AmountMSat, expires, unreserved).Scan(&reserved, &inserted)
+		return unreserved - reserved, inserted == 1, err
 	}
 	var reserved int64
-	err = tx.QueryRowContext(ctx, b.store.Rebind(`SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM budget_reservations
-		WHERE name = ? AND key = ? AND period_start = ? AND expires_at > ?`),
+	err = tx.QueryRowContext(ctx, `SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM budget_reservations
+		WHERE name = ? AND key = ? AND period_start = ? AND expires_at > ?`,
 		c.Budget.Name, c.Key, start, now.UnixMilli()).Scan(&reserved)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return c.Budget.LimitMSat - spent - reserved, nil
+	room := unreserved - reserved
+	if r.AmountMSat > room {
+		return room, false, nil
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO budget_reservations
+		(id, name, key, period_start, amount, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		r.ID, c.Budget.Name, c.Key, start, r.AmountMSat, expires)
+	return room, err == nil, err
 }
 
 // Settle charges actualMSat to each budget of an admitted reservation and
@@ -168,21 +187,33 @@ func (b *SQLBudgets) Settle(ctx context.Context, a Admission, actualMSat int64) 
 	if err := b.store.ensureMigrated(ctx); err != nil {
 		return err
 	}
+	// One multi-row upsert, its rows in lock order.
+	var q strings.Builder
+	args := []any{a.Reservation.ID}
+	q.WriteString("INSERT INTO budget_usage (name, key, period_start, spent) VALUES ")
+	for i, c := range sortCharges(a.Reservation.Charges) {
+		if i > 0 {
+			q.WriteByte(',')
+		}
+		q.WriteString("(?, ?, ?, ?)")
+		args = append(args, c.Budget.Name, c.Key, c.PeriodStart.UnixMilli(), actualMSat)
+	}
+	q.WriteString(" ON CONFLICT (name, key, period_start) DO UPDATE SET spent = budget_usage.spent + excluded.spent")
+	if b.store.driver == DriverPostgres {
+		// One statement, one round trip: the charge and the reservation's
+		// removal commit together.
+		_, err := b.store.db.ExecContext(ctx, b.store.Rebind("WITH gone AS (DELETE FROM budget_reservations WHERE id = ?) "+q.String()), args...)
+		return err
+	}
 	tx, err := b.store.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	for _, c := range sortCharges(a.Reservation.Charges) {
-		_, err := tx.ExecContext(ctx, b.store.Rebind(`INSERT INTO budget_usage (name, key, period_start, spent)
-			VALUES (?, ?, ?, ?)
-			ON CONFLICT (name, key, period_start) DO UPDATE SET spent = budget_usage.spent + excluded.spent`),
-			c.Budget.Name, c.Key, c.PeriodStart.UnixMilli(), actualMSat)
-		if err != nil {
-			return err
-		}
+	if _, err := tx.ExecContext(ctx, q.String(), args[1:]...); err != nil {
+		return err
 	}
-	if _, err := tx.ExecContext(ctx, b.store.Rebind(`DELETE FROM budget_reservations WHERE id = ?`), a.Reservation.ID); err != nil {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM budget_reservations WHERE id = ?`, a.Reservation.ID); err != nil {
 		return err
 	}
 	return tx.Commit()
