@@ -16,9 +16,9 @@ import (
 
 // BenchmarkBudgetRequest is the cost of budgets per request: one chat
 // request through arbstr to a stand-in provider in the same Caddy, with
-// no budget (the baseline: the ledger on, in SQLite) and with one budget
-// kept in SQLite or PostgreSQL (admission before the upstream call,
-// settlement at the end). Compare ns/op of the sub-benchmarks of one run.
+// the ledger in SQLite or PostgreSQL, without a budget (the baseline,
+// *-none) and with one budget in the same store (admission before the
+// upstream call, settlement at the end). Compare ns/op within one run.
 //
 //	go test -run '^$' -bench BenchmarkBudgetRequest -benchtime 2000x .
 func BenchmarkBudgetRequest(b *testing.B) {
@@ -29,13 +29,14 @@ func BenchmarkBudgetRequest(b *testing.B) {
 			period total
 		}`
 	for _, c := range []struct{ name, options string }{
-		{"none", "ledger sqlite {DIR}/l.db"},
+		{"sqlite-none", "ledger sqlite {DIR}/l.db"},
 		{"sqlite", "ledger sqlite {DIR}/l.db" + budget},
+		{"postgres-none", "ledger postgres {PG}"},
 		{"postgres", "ledger postgres {PG}" + budget},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			options := c.options
-			if c.name == "postgres" {
+			if strings.HasPrefix(c.name, "postgres") {
 				options = strings.ReplaceAll(options, "{PG}", pgtest.Database(b))
 			}
 			options = strings.ReplaceAll(options, "{DIR}", filepath.ToSlash(b.TempDir()))
