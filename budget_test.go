@@ -298,8 +298,12 @@ func TestBudgetStoreUnreachable(t *testing.T) {
 		t.Fatalf("store down: %d Retry-After=%q %+v, provider got %d; want 503 with Retry-After, nothing sent",
 			resp.StatusCode, resp.Header.Get("Retry-After"), e.Error, up.count())
 	}
-	caddy.Stop()
-	tc = budgetCaddy(t, down+strings.Replace(budgetFive, "period day", "period day\n\t\t\tfail_open", 1), up, 1)
+	// A reload (which keeps the pooled store) to the same budget with fail_open.
+	if err := caddy.Load(budgetConfig(t, tc, down+strings.Replace(budgetFive, "period day", "period day\n\t\t\tfail_open", 1), up, 1, ""), true); err != nil {
+		t.Fatal(err)
+	}
+	http.DefaultClient.CloseIdleConnections()
+	tc.reloadedAt = time.Now()
 	resp = tc.Post("/v1/chat/completions", rtChat)
 	rtExpectOK(t, resp, "alpha")
 }
