@@ -25,8 +25,17 @@ type exchange struct {
 
 	provider *provider // the provider that answered, when one did
 	usage    usage
-	outcome  string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
+	outcome  string // for metrics and logs: ok, relayed, error, client_gone, broken_stream, continued
 	aborted  bool   // the response must be cut, not ended cleanly
+
+	// Continuation and context windows (SPEC §13, continuation.go).
+	candidates     []*provider   // the plan's candidates, for continuations
+	cont           *continuation // the text kept to finish a broken stream; nil: not possible
+	continuations  int           // continuations that took over a broken stream
+	costCorrection float64       // a continued stream's calls at their own rates (see settle)
+	finalOutcome   string        // set by a continuation: the request's outcome
+	contextRefusal *relayedResponse
+	contextRefuser *provider // who sent contextRefusal
 }
 
 func (ex *exchange) remaining() time.Duration { return time.Until(ex.deadline) }
@@ -101,6 +110,9 @@ func (ex *exchange) succeeded(p *provider, res attemptResult) {
 	case classBrokenStream:
 		ex.outcome = "broken_stream"
 	}
+	if ex.finalOutcome != "" {
+		ex.outcome = ex.finalOutcome
+	}
 }
 
 // relay passes a provider's refusal of the request to the client as it was.
@@ -136,7 +148,7 @@ func (ex *exchange) cost() (float64, bool) {
 	if ex.provider == nil || !ex.usage.known {
 		return 0, false
 	}
-	return ex.provider.expectedCost(ex.usage.promptTokens, ex.usage.completionTokens), true
+	return ex.provider.expectedCost(ex.usage.promptTokens, ex.usage.completionTokens) + ex.costCorrection, true
 }
 
 // account reports the request once it is over: placeholders, access log

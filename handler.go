@@ -115,11 +115,17 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 		ex.fail(apiErr)
 		return
 	}
+	candidates, apiErr := fitContextWindows(pl.candidates, facts, len(body))
+	if apiErr != nil {
+		ex.fail(apiErr)
+		return
+	}
+	ex.candidates = candidates
 	var d delivery = bufferedDelivery{}
 	if facts.stream {
 		d = &streamDelivery{}
 	}
-	h.runPlan(ex, pl.candidates, d)
+	h.runPlan(ex, candidates, d)
 }
 
 // readRequestBody reads the body whole, refusing it with 413 before reading

@@ -22,6 +22,8 @@ type arbstrMetrics struct {
 	latency      *prometheus.HistogramVec
 	firstEvent   *prometheus.HistogramVec
 	circuitState *prometheus.GaugeVec
+	// continuations counts attempts to finish a broken stream (§13).
+	continuations *prometheus.CounterVec
 }
 
 var (
@@ -54,11 +56,14 @@ func newArbstrMetrics() *arbstrMetrics {
 		circuitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "circuit_state", Help: "Breaker state per provider and model: 0 closed, 1 open, 2 half open."},
 			[]string{"provider", "model"}),
+		continuations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "continuations_total", Help: "Attempts to finish a broken stream, by continuing provider and outcome (ok, broken, refused, client_gone)."},
+			[]string{"provider", "outcome"}),
 	}
 }
 
 func (m *arbstrMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState}
+	return []prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState, m.continuations}
 }
 
 // loadMetrics returns the process's collectors, registered in this config's

@@ -16,25 +16,26 @@ import (
 type failureClass int
 
 const (
-	classNone         failureClass = iota
-	classConnection                // refused, reset, EOF before the response
-	classServer                    // 500, 502, 503, 504, 408, 529
-	classRateLimited               // 429
-	classAuth                      // 401, 402, 403
-	classNotFound                  // 404
-	classTimeout                   // the attempt got no answer in time
-	classInBand                    // a stream's first event was an error
-	classClient                    // other 4xx: the request itself is refused
-	classClientGone                // the client went away
-	classDeadline                  // the request's deadline passed
-	classBrokenStream              // a committed stream broke
-	classUnexpected                // a status that is neither success nor error
-	classBadResponse               // a 2xx whose body is not a JSON object
+	classNone          failureClass = iota
+	classConnection                 // refused, reset, EOF before the response
+	classServer                     // 500, 502, 503, 504, 408, 529
+	classRateLimited                // 429
+	classAuth                       // 401, 402, 403
+	classNotFound                   // 404
+	classTimeout                    // the attempt got no answer in time
+	classInBand                     // a stream's first event was an error
+	classClient                     // other 4xx: the request itself is refused
+	classClientGone                 // the client went away
+	classDeadline                   // the request's deadline passed
+	classBrokenStream               // a committed stream broke
+	classUnexpected                 // a status that is neither success nor error
+	classBadResponse                // a 2xx whose body is not a JSON object
+	classContextLength              // a 400 saying the request is over the context window
 )
 
 func (c failureClass) String() string {
 	return [...]string{"ok", "connection", "server_error", "rate_limited", "auth", "not_found",
-		"timeout", "in_band_error", "client_error", "client_gone", "deadline", "broken_stream", "unexpected_status", "bad_response"}[c]
+		"timeout", "in_band_error", "client_error", "client_gone", "deadline", "broken_stream", "unexpected_status", "bad_response", "context_length"}[c]
 }
 
 // countsAgainstBreaker reports whether the failure says the provider is
@@ -334,6 +335,9 @@ func (h *Handler) runPlan(ex *exchange, candidates []*provider, d delivery) {
 			return
 		}
 	}
+	if ex.relayContextRefusal() {
+		return // no candidate could take the request: the first refusal, as it was
+	}
 	if ex.deadlinePassed() {
 		ex.fail(errDeadline(time.Duration(h.Timeout), ex.records))
 		return
@@ -391,6 +395,7 @@ func (h *Handler) tryProvider(ex *exchange, p *provider, t *ticket, d delivery) 
 			return stopSilently
 		}
 		ex.records = append(ex.records, attemptRecord{p.name, res.status, res.class, res.retryAfter, res.err})
+		ex.noteContextRefusal(p, res)
 		action := decide(res.class, res.retryAfter, h.retry.retryAfterMax, ex.remaining())
 		if action == retrySame && (try >= h.retry.attempts || t.probe || state != circuitClosed) {
 			action = nextProvider

@@ -24,6 +24,8 @@ type provider struct {
 	inputRate  float64
 	outputRate float64
 	baseFee    float64
+	prefill    bool // continues a partial assistant message (§13)
+	context    int  // context window in tokens; 0: unknown
 }
 
 func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
@@ -43,6 +45,8 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 		inputRate:  p.InputRate,
 		outputRate: p.OutputRate,
 		baseFee:    p.BaseFee,
+		prefill:    p.Prefill,
+		context:    p.Context,
 	}
 	for _, m := range p.Models {
 		rp.served[m] = true

@@ -84,6 +84,7 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	ex.h.metrics.observeFirstEvent(at.provider.name, time.Since(at.start))
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
 	sc.BeforeRead = p.flushBeforeRead
+	ex.startContinuable(at.provider)
 	ex.commitStream(at.provider, resp.StatusCode)
 	at.onCommit()
 	return p.run(first, info)
@@ -126,9 +127,11 @@ type pump struct {
 	sc       *sse.Scanner
 	rc       *http.ResponseController
 	finished bool
-	out      []byte
-	pending  bool  // events written and not flushed yet
-	flushErr error // the client could not be written to
+	// continues: this pump relays a continuation of a broken stream (§13).
+	continues bool
+	out       []byte
+	pending   bool  // events written and not flushed yet
+	flushErr  error // the client could not be written to
 	// idleTimer runs only while waiting for the provider: time spent
 	// blocked on a slow client is not the provider's silence.
 	idleTimer *time.Timer
@@ -186,6 +189,15 @@ func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
 	}
 	if info.finished {
 		p.finished = true
+	}
+	if info.isError {
+		if res, handled := p.continueAfterBreak(errInBandBreak(), errInBandAfterCommit); handled {
+			return res, true
+		}
+	} else if p.ex.cont != nil {
+		if data = p.ex.cont.observe(p, data); data == nil {
+			return attemptResult{}, false // a continuation's repeated role delta
+		}
 	}
 	ok := p.send(data)
 	if ok && info.isError {
@@ -249,6 +261,7 @@ func (p *pump) flushPending() error {
 
 // done ends a complete stream: the cost as an SSE comment and trailer, then [DONE].
 func (p *pump) done() attemptResult {
+	p.markContinued()
 	if cost, ok := p.ex.cost(); ok {
 		c := strconv.FormatFloat(cost, 'f', 2, 64)
 		p.ex.w.Header().Set(http.TrailerPrefix+headerCost, c)
@@ -278,6 +291,9 @@ func (p *pump) end(err error) attemptResult {
 		msg = "the provider ended the stream before the answer was complete (no finish_reason)"
 	}
 	e := &apiError{message: msg, errType: "server_error", code: "stream_broken"}
+	if res, handled := p.continueAfterBreak(e, err); handled {
+		return res
+	}
 	p.write(e.body())
 	p.abort()
 	return attemptResult{class: classBrokenStream, committed: true, err: err}
