@@ -30,6 +30,10 @@ import (
 // without continuation: memory per stream stays bounded.
 const maxContinuationText = 1 << 20
 
+// classContextLength is a 400 saying the request is over the provider's
+// context window: the next provider is tried, never the same one (§6).
+const classContextLength = classBadResponse + 1
+
 // Outcomes of caddy_arbstr_continuations_total.
 const (
 	continuationOK         = "ok"          // finished the answer

@@ -79,13 +79,12 @@ type Handler struct {
 	// off. Default (unset): 2.
 	Continuations *int `json:"continuations,omitempty"`
 
-	// continuations is Continuations with its default applied.
-	continuations int
-	providers     []*provider
-	policies      []*policy
+	providers []*provider
+	policies  []*policy
 	// keywordPolicies: some policy is chosen by keywords, so requests'
 	// user text must be read.
 	keywordPolicies bool
+	continuations   int // Continuations with its default applied
 	retry           retrySettings
 	breaker         breakerSettings
 	health          *healthRegistry

@@ -16,21 +16,20 @@ import (
 type failureClass int
 
 const (
-	classNone          failureClass = iota
-	classConnection                 // refused, reset, EOF before the response
-	classServer                     // 500, 502, 503, 504, 408, 529
-	classRateLimited                // 429
-	classAuth                       // 401, 402, 403
-	classNotFound                   // 404
-	classTimeout                    // the attempt got no answer in time
-	classInBand                     // a stream's first event was an error
-	classClient                     // other 4xx: the request itself is refused
-	classClientGone                 // the client went away
-	classDeadline                   // the request's deadline passed
-	classBrokenStream               // a committed stream broke
-	classUnexpected                 // a status that is neither success nor error
-	classBadResponse                // a 2xx whose body is not a JSON object
-	classContextLength              // a 400 saying the request is over the context window
+	classNone         failureClass = iota
+	classConnection                // refused, reset, EOF before the response
+	classServer                    // 500, 502, 503, 504, 408, 529
+	classRateLimited               // 429
+	classAuth                      // 401, 402, 403
+	classNotFound                  // 404
+	classTimeout                   // the attempt got no answer in time
+	classInBand                    // a stream's first event was an error
+	classClient                    // other 4xx: the request itself is refused
+	classClientGone                // the client went away
+	classDeadline                  // the request's deadline passed
+	classBrokenStream              // a committed stream broke
+	classUnexpected                // a status that is neither success nor error
+	classBadResponse               // a 2xx whose body is not a JSON object
 )
 
 func (c failureClass) String() string {

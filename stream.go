@@ -127,15 +127,14 @@ type pump struct {
 	sc       *sse.Scanner
 	rc       *http.ResponseController
 	finished bool
-	// continues: this pump relays a continuation of a broken stream (§13).
-	continues bool
-	out       []byte
-	pending   bool  // events written and not flushed yet
-	flushErr  error // the client could not be written to
+	out      []byte
+	pending  bool  // events written and not flushed yet
+	flushErr error // the client could not be written to
 	// idleTimer runs only while waiting for the provider: time spent
 	// blocked on a slow client is not the provider's silence.
 	idleTimer *time.Timer
 	idle      time.Duration
+	continues bool // relays a continuation of a broken stream (§13)
 }
 
 func (p *pump) run(first []byte, info chunkInfo) attemptResult {
