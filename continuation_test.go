@@ -524,3 +524,26 @@ func TestContinuationOptionsCaddyfile(t *testing.T) {
 		t.Errorf("default continuations %d, want 2", def.continuations)
 	}
 }
+
+func TestContinuationAfterInBandErrorMidStream(t *testing.T) {
+	alpha := stNewUpstream(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		stHead(w)
+		_ = stSend(w, `{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m-alpha","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}`)
+		for _, w2 := range strings.Fields(words(ctAnswer, 10)) {
+			prefix := " "
+			if w2 == "one" {
+				prefix = ""
+			}
+			_ = stSend(w, fmt.Sprintf(`{"id":"c1","object":"chat.completion.chunk","created":7,"model":"m-alpha","choices":[{"index":0,"delta":{"content":%q},"finish_reason":null}]}`, prefix+w2))
+		}
+		_ = stSend(w, stInBand)
+	})
+	beta := ctStandin(t, &standin.Provider{Name: "beta", Prefill: "accept"})
+	tc := startCaddy(t, ctSite("", []*ctProvider{{Server: alpha.Server}, beta}, "", "prefill"))
+
+	s := ctRead(t, tc.Post("/v1/chat/completions", ctStreamBody))
+	s.assertOneAnswer(t, ctAnswer)
+	if !s.ids["c1"] || !s.models["m-alpha"] || !s.created[7] {
+		t.Errorf("want alpha's id, model and created on every chunk; got %v %v %v", s.ids, s.models, s.created)
+	}
+}
