@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -234,7 +235,9 @@ func continuationsMetric(provider, outcome string) float64 {
 func TestContinuationFinishesCutStream(t *testing.T) {
 	alpha := ctStandin(t, &standin.Provider{Name: "alpha", Fault: "cut", FaultAfter: ctIntPtr(10)})
 	beta := ctStandin(t, &standin.Provider{Name: "beta", Prefill: "accept"})
-	tc := startCaddy(t, ctSite("", []*ctProvider{alpha, beta}, "", "prefill"))
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	tc := startCaddy(t, fmt.Sprintf("log {\n\toutput file %s\n\tformat json\n}\n", logPath)+
+		ctSite("", []*ctProvider{alpha, beta}, "", "prefill"))
 	okBefore := continuationsMetric("beta", "ok")
 
 	resp := tc.Post("/v1/chat/completions", ctStreamBody)
@@ -249,8 +252,10 @@ func TestContinuationFinishesCutStream(t *testing.T) {
 	if n := s.hasComment(": x-arbstr-continued: beta"); n != 1 {
 		t.Errorf("continued comments: got %d, want 1 (%v)", n, s.comments)
 	}
-	if s.hasComment(": x-arbstr-cost-sats:") != 1 {
-		t.Errorf("no cost comment: %v", s.comments)
+	// Both calls at their own rates: alpha's estimated (3 in, 12 out:
+	// 1.027 sats), beta's reported (15 in, 10 out: 2.07 sats).
+	if s.hasComment(": x-arbstr-cost-sats: 3.10") != 1 {
+		t.Errorf("want the cost of both calls, 3.10 sats: %v", s.comments)
 	}
 	if s.eventsAfterX != 0 {
 		t.Errorf("%d data events after the continued comment; only [DONE] may follow", s.eventsAfterX)
@@ -268,6 +273,13 @@ func TestContinuationFinishesCutStream(t *testing.T) {
 	}
 	if got := continuationsMetric("beta", "ok") - okBefore; got != 1 {
 		t.Errorf("continuations_total{beta,ok} grew by %v, want 1", got)
+	}
+	e := hlAccessEntry(t, logPath, resp.Header.Get(headerRequestID))
+	for k, v := range map[string]any{"arbstr_outcome": "continued", "arbstr_continuations": 1.0, "arbstr_provider": "alpha",
+		"arbstr_tokens_in": 18.0, "arbstr_tokens_out": 22.0, "arbstr_retries": "1/alpha"} {
+		if e[k] != v {
+			t.Errorf("access log %s = %#v, want %#v", k, e[k], v)
+		}
 	}
 }
 
