@@ -273,6 +273,9 @@ func (p *pump) continueAfterBreak(brk *apiError, cause error) (attemptResult, bo
 		res, took := p.tryContinuation(next)
 		switch {
 		case took:
+			if res.class == classClientGone {
+				ex.finalOutcome = "client_gone"
+			}
 			return attemptResult{class: classBrokenStream, committed: true, err: cause}, true
 		case res.class == classClientGone:
 			ex.finalOutcome = "client_gone"
@@ -349,24 +352,63 @@ func continuationBody(ex *exchange, p *provider) ([]byte, *apiError) {
 	if err != nil || messages.Kind != jsonscan.Array {
 		return nil, errInvalidRequest("messages", "'messages' is required and must be an array")
 	}
-	var msg bytes.Buffer
-	enc := json.NewEncoder(&msg)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(struct {
-		Role    string `json:"role"`
-		Content string `json:"content"`
-	}{"assistant", string(ex.cont.text)})
-	insert := bytes.TrimRight(msg.Bytes(), "\n")
-	if len(bytes.TrimSpace(ex.body[messages.Start+1:messages.End-1])) > 0 {
-		insert = append([]byte(","), insert...)
+	var e edit
+	if prefix, content, ok := clientPrefill(ex.body, messages); ok {
+		// The client prefilled the answer itself: the text so far follows
+		// its prefix in the same message.
+		e = edit{content.Start, content.End, encodeJSON(prefix + string(ex.cont.text))}
+	} else {
+		insert := encodeJSON(struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		}{"assistant", string(ex.cont.text)})
+		if len(bytes.TrimSpace(ex.body[messages.Start+1:messages.End-1])) > 0 {
+			insert = append([]byte(","), insert...)
+		}
+		e = edit{messages.End - 1, messages.End - 1, insert}
 	}
-	at := messages.End - 1
-	body := applyEdits(ex.body, []edit{{at, at, insert}})
+	body := applyEdits(ex.body, []edit{e})
 	facts, apiErr := inspectRequest(body)
 	if apiErr != nil {
 		return nil, apiErr
 	}
 	return upstreamBody(body, facts, p.upstreamModel(ex.facts.model), ex.injectUsage), nil
+}
+
+// clientPrefill finds a last message that is the assistant's with string
+// content: a prefix the client asked the provider to continue.
+func clientPrefill(body []byte, messages jsonscan.Span) (string, jsonscan.Span, bool) {
+	var last jsonscan.Span
+	_ = jsonscan.Elements(body, messages, func(m jsonscan.Span) error {
+		last = m
+		return nil
+	})
+	if last.Kind != jsonscan.Object {
+		return "", jsonscan.Span{}, false
+	}
+	var role, content jsonscan.Span
+	_ = jsonscan.Members(body, last, func(key []byte, v jsonscan.Span) error {
+		switch string(key) {
+		case "role":
+			role = v
+		case "content":
+			content = v
+		}
+		return nil
+	})
+	if role.Kind != jsonscan.String || string(body[role.Start:role.End]) != `"assistant"` || content.Kind != jsonscan.String {
+		return "", jsonscan.Span{}, false
+	}
+	return decodeString(body[content.Start:content.End]), content, true
+}
+
+// encodeJSON encodes v without escaping <, > and &.
+func encodeJSON(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+	return bytes.TrimRight(b.Bytes(), "\n")
 }
 
 // continuationDelivery relays a continuation into the stream already

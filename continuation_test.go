@@ -559,3 +559,24 @@ func TestContinuationAfterInBandErrorMidStream(t *testing.T) {
 		t.Errorf("want alpha's id, model and created on every chunk; got %v %v %v", s.ids, s.models, s.created)
 	}
 }
+
+func TestContinuationBodyKeepsTheClientsPrefill(t *testing.T) {
+	for _, tt := range []struct{ body, wantLast string }{
+		{`{"model":"m","messages":[{"role":"user","content":"hi"}]}`, `,{"role":"assistant","content":"So <far>"}]}`},
+		{`{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Answer: "}]}`, `},{"role":"assistant","content":"Answer: So <far>"}]}`},
+	} {
+		facts, apiErr := inspectRequest([]byte(tt.body))
+		if apiErr != nil {
+			t.Fatal(apiErr)
+		}
+		ex := &exchange{body: []byte(tt.body), facts: facts, cont: &continuation{text: []byte("So <far>")}}
+		out, apiErr := continuationBody(ex, &provider{name: "p"})
+		if apiErr != nil {
+			t.Fatal(apiErr)
+		}
+		if !strings.HasSuffix(string(out), tt.wantLast) {
+			t.Errorf("%s: continuation body %s, want it to end %s", tt.body, out, tt.wantLast)
+		}
+		_ = lastMessage(t, string(out)) // valid JSON
+	}
+}
