@@ -74,6 +74,9 @@ func (ex *exchange) logFields(providerName, model string, cost float64, costKnow
 	if costKnown {
 		extra.Set(zap.Float64("arbstr_cost_sats", cost))
 	}
+	if ex.continuations > 0 {
+		extra.Set(zap.Int("arbstr_continuations", ex.continuations))
+	}
 }
 
 // maxLogValue bounds a client-controlled string in a log field.

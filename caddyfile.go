@@ -37,6 +37,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			input_rate   <sats per 1M input tokens>
 //			output_rate  <sats per 1M output tokens>
 //			base_fee     <sats per request>
+//			prefill                             # continues a partial assistant message (finishes broken streams)
+//			context      <tokens>               # context window; larger requests skip this provider
 //		}
 //		policy <name> {
 //			allowed_models  <models...>
@@ -59,6 +61,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		stream_idle_timeout <duration>  # default 60s
 //		max_body            <size>      # default 16MB
 //		cooldown_max        <duration>  # default 5m: longest a 429 keeps a provider away
+//		continuations       <n>         # broken streams finished by a prefill provider; default 2, 0 off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -84,8 +87,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = h.parseTimeout(d)
 		case "max_body":
 			err = h.parseMaxBody(d)
+		case "continuations":
+			var n int
+			if n, err = intArg(d, 0); err == nil {
+				h.Continuations = &n
+			}
 		default:
-			return d.Errf("unknown subdirective %q; expected provider, policy, retry, breaker, timeout, attempt_timeout, first_event_timeout, stream_idle_timeout, max_body or cooldown_max", d.Val())
+			return d.Errf("unknown subdirective %q; expected provider, policy, retry, breaker, timeout, attempt_timeout, first_event_timeout, stream_idle_timeout, max_body, cooldown_max or continuations", d.Val())
 		}
 		if err != nil {
 			return err
@@ -173,8 +181,19 @@ func (p *Provider) parseOption(d *caddyfile.Dispenser) error {
 		default:
 			p.BaseFee = v
 		}
+	case "prefill":
+		if d.NextArg() {
+			return d.Errf("prefill is a bare flag and takes no argument")
+		}
+		p.Prefill = true
+	case "context":
+		n, err := intArg(d, 1)
+		if err != nil {
+			return err
+		}
+		p.Context = n
 	default:
-		return d.Errf("unknown provider option %q; expected url, api_key, models, model, input_rate, output_rate or base_fee", opt)
+		return d.Errf("unknown provider option %q; expected url, api_key, models, model, input_rate, output_rate, base_fee, prefill or context", opt)
 	}
 	return nil
 }

@@ -34,6 +34,14 @@ type exchange struct {
 	status     int           // the status the client got; 0 when none was written
 	errorCode  string        // the code of arbstr's own error answer
 	firstEvent time.Duration // a stream's time from the request's start to commit
+
+	// Continuation and context windows (SPEC §13, continuation.go).
+	cont           *continuation // the text kept to finish a broken stream; nil: not possible
+	continuations  int           // continuations that took over a broken stream
+	costCorrection float64       // a continued stream's calls at their own rates (see settle)
+	finalOutcome   string        // set by a continuation: the request's outcome
+	contextRefusal *relayedResponse
+	contextRefuser *provider // who sent contextRefusal
 }
 
 func (ex *exchange) remaining() time.Duration { return time.Until(ex.deadline) }
@@ -108,6 +116,9 @@ func (ex *exchange) succeeded(p *provider, res attemptResult) {
 	case classBrokenStream:
 		ex.outcome = "broken_stream"
 	}
+	if ex.finalOutcome != "" {
+		ex.outcome = ex.finalOutcome
+	}
 }
 
 // relay passes a provider's refusal of the request to the client as it was.
@@ -143,7 +154,7 @@ func (ex *exchange) cost() (float64, bool) {
 	if ex.provider == nil || !ex.usage.known {
 		return 0, false
 	}
-	return ex.provider.expectedCost(ex.usage.promptTokens, ex.usage.completionTokens), true
+	return ex.provider.expectedCost(ex.usage.promptTokens, ex.usage.completionTokens) + ex.costCorrection, true
 }
 
 // account reports the request once it is over: placeholders, access log

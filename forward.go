@@ -92,6 +92,9 @@ func failedStatus(ex *exchange, at *attempt, resp *http.Response) attemptResult 
 		}
 		res.relay = &relayedResponse{status: resp.StatusCode, contentType: resp.Header.Get("Content-Type"),
 			body: at.provider.redact(body)}
+		if isContextLengthError(resp.StatusCode, body) {
+			res.class = classContextLength // another provider's window may be larger (§6)
+		}
 	}
 	return res
 }

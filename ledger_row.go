@@ -31,6 +31,8 @@ func (ex *exchange) ledgerRow(app *App, providerName, model string, cost float64
 		Attempts:  ex.attempts,
 		LatencyMS: time.Since(ex.start).Milliseconds(),
 		ErrorCode: ex.errorCode,
+
+		Continuations: ex.continuations,
 	}
 	if app.ClientID != "" {
 		if repl, ok := ex.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {

@@ -24,6 +24,8 @@ type arbstrMetrics struct {
 	circuitState *prometheus.GaugeVec
 	// genAI are the OpenTelemetry GenAI metrics (telemetry.go).
 	genAI genAIMetrics
+	// continuations counts attempts to finish a broken stream (§13).
+	continuations *prometheus.CounterVec
 }
 
 var (
@@ -57,11 +59,14 @@ func newArbstrMetrics() *arbstrMetrics {
 			Name: "circuit_state", Help: "Breaker state per provider and model: 0 closed, 1 open, 2 half open."},
 			[]string{"provider", "model"}),
 		genAI: newGenAIMetrics(),
+		continuations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "continuations_total", Help: "Attempts to finish a broken stream, by continuing provider and outcome (ok, broken, refused, client_gone)."},
+			[]string{"provider", "outcome"}),
 	}
 }
 
 func (m *arbstrMetrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState},
+	return append([]prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState, m.continuations},
 		m.genAI.collectors()...)
 }
 

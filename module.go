@@ -31,6 +31,7 @@ const (
 	defaultBreakerOpen       = 30 * time.Second
 	defaultCooldownMax       = 5 * time.Minute
 	defaultOutputTokens      = 256
+	defaultContinuations     = 2
 )
 
 // Handler is an OpenAI-compatible LLM router. For every chat completion it
@@ -81,11 +82,17 @@ type Handler struct {
 	// loaded. Default: 5m.
 	CooldownMax caddy.Duration `json:"cooldown_max,omitempty"`
 
+	// Continuations is how many times one broken stream may be finished by
+	// another provider that has Prefill (SPEC §13). 0 turns continuation
+	// off. Default (unset): 2.
+	Continuations *int `json:"continuations,omitempty"`
+
 	providers []*provider
 	policies  []*policy
 	// keywordPolicies: some policy is chosen by keywords, so requests'
 	// user text must be read.
 	keywordPolicies bool
+	continuations   int // Continuations with its default applied
 	retry           retrySettings
 	breaker         breakerSettings
 	health          *healthRegistry
@@ -125,6 +132,17 @@ type Provider struct {
 
 	// BaseFee is the price in satoshis of each request.
 	BaseFee float64 `json:"base_fee,omitempty"`
+
+	// Prefill says the provider continues a partial assistant message placed
+	// last in messages, so that it can finish a stream another provider
+	// broke (SPEC §13).
+	Prefill bool `json:"prefill,omitempty"`
+
+	// Context is the provider's context window in tokens. A request whose
+	// estimated input (body bytes / 3) plus requested output (max_tokens or
+	// max_completion_tokens) is larger is not sent to it. 0: unknown, never
+	// skipped.
+	Context int `json:"context,omitempty"`
 }
 
 // Policy is a named set of constraints on provider choice.
@@ -230,6 +248,10 @@ func (h *Handler) applyDefaults() {
 	if h.MaxBody == 0 {
 		h.MaxBody = defaultMaxBody
 	}
+	h.continuations = defaultContinuations
+	if h.Continuations != nil {
+		h.continuations = *h.Continuations
+	}
 	h.retry = newRetrySettings(h.Retry)
 	h.breaker = newBreakerSettings(h.Breaker)
 	if h.CooldownMax > 0 {
@@ -288,6 +310,9 @@ func (h *Handler) Validate() error {
 	if h.MaxBody < 0 {
 		return fmt.Errorf("arbstr: max_body must not be negative")
 	}
+	if h.Continuations != nil && *h.Continuations < 0 {
+		return fmt.Errorf("arbstr: continuations must not be negative; 0 turns continuation off")
+	}
 	return nil
 }
 
@@ -325,6 +350,9 @@ func (p *Provider) validate() error {
 		if v < 0 {
 			return fmt.Errorf("arbstr: provider %q: %s must not be negative", p.Name, field)
 		}
+	}
+	if p.Context < 0 {
+		return fmt.Errorf("arbstr: provider %q: context must be a number of tokens ≥ 0", p.Name)
 	}
 	return nil
 }

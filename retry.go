@@ -34,7 +34,7 @@ const (
 
 func (c failureClass) String() string {
 	return [...]string{"ok", "connection", "server_error", "rate_limited", "auth", "not_found",
-		"timeout", "in_band_error", "client_error", "client_gone", "deadline", "broken_stream", "unexpected_status", "bad_response"}[c]
+		"timeout", "in_band_error", "client_error", "client_gone", "deadline", "broken_stream", "unexpected_status", "bad_response", "context_length"}[c]
 }
 
 // countsAgainstBreaker reports whether the failure says the provider is
@@ -334,6 +334,9 @@ func (h *Handler) runPlan(ex *exchange, pl *plan, d delivery) {
 			return
 		}
 	}
+	if ex.relayContextRefusal() {
+		return // no candidate could take the request: the first refusal, as it was
+	}
 	if ex.deadlinePassed() {
 		ex.fail(errDeadline(time.Duration(h.Timeout), ex.records))
 		return
@@ -384,6 +387,7 @@ func (h *Handler) tryProvider(ex *exchange, p *provider, t *ticket, d delivery) 
 			return stopSilently
 		}
 		ex.records = append(ex.records, attemptRecord{p.name, res.status, res.class, res.retryAfter, res.err})
+		ex.noteContextRefusal(p, res)
 		action := decide(res.class, res.retryAfter, h.retry.retryAfterMax, ex.remaining())
 		if action == retrySame && (try >= h.retry.attempts || t.probe || t.pastCooldown || state != circuitClosed) {
 			action = nextProvider

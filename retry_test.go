@@ -665,7 +665,8 @@ func TestRetryAttemptTimeoutMovesOn(t *testing.T) {
 func TestRetryClientErrorsRelayedAsIs(t *testing.T) {
 	for _, status := range []int{400, 413, 422} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
-			upstreamBody := fmt.Sprintf(`{"error": {"message": "context_length_exceeded %d", "type": "invalid_request_error", "param": "messages", "code": "x"}}`+"\n", status)
+			// Not a context-length refusal: those move on (SPEC §6 amendment).
+			upstreamBody := fmt.Sprintf(`{"error": {"message": "invalid temperature %d", "type": "invalid_request_error", "param": "temperature", "code": "x"}}`+"\n", status)
 			alpha := rtNewUpstream(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
 				w.Header().Set("Content-Type", "application/json; charset=utf-8")
 				w.WriteHeader(status)

@@ -25,6 +25,8 @@ type provider struct {
 	inputRate  float64
 	outputRate float64
 	baseFee    float64
+	prefill    bool // continues a partial assistant message (§13)
+	context    int  // context window in tokens; 0: unknown
 }
 
 func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
@@ -44,6 +46,8 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 		inputRate:  p.InputRate,
 		outputRate: p.OutputRate,
 		baseFee:    p.BaseFee,
+		prefill:    p.Prefill,
+		context:    p.Context,
 	}
 	for _, m := range p.Models {
 		rp.served[m] = true
@@ -133,6 +137,9 @@ type selectionInput struct {
 	lastUserText string // lower-cased
 	inTokens     int
 	outTokens    int
+	// contextNeed is the context window the request needs, in tokens: body
+	// bytes / 3 (the safe side of the usual 4) plus the requested output.
+	contextNeed int
 }
 
 // availability answers whether a provider may be tried for a model now, and
@@ -180,6 +187,26 @@ func (pl plan) all() []*provider {
 	var out []*provider
 	for p := pl.next(); p != nil; p = pl.next() {
 		out = append(out, p)
+	}
+	return out
+}
+
+// ordered returns every candidate, taken or not, cheapest first. Only a
+// continuation needs them all in order (continuation.go).
+func (pl *plan) ordered() []*provider {
+	ranks := slices.Clone(pl.every)
+	slices.SortFunc(ranks, func(a, b ranked) int {
+		switch {
+		case cheaper(a, b):
+			return -1
+		case cheaper(b, a):
+			return 1
+		}
+		return 0
+	})
+	out := make([]*provider, len(ranks))
+	for i, r := range ranks {
+		out[i] = r.p
 	}
 	return out
 }
@@ -257,7 +284,8 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 		return plan{}, perr
 	}
 	ranks := make([]ranked, 0, len(providers))
-	servedBySomeone := false
+	servedBySomeone, passedPolicy := false, false
+	largestContext := 0 // of the providers whose window is too small
 	for _, p := range providers {
 		if !p.serves(in.model) {
 			continue
@@ -266,13 +294,20 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 		if pol != nil && pol.maxOutputRate > 0 && p.outputRate > pol.maxOutputRate {
 			continue
 		}
+		passedPolicy = true
+		if p.context > 0 && p.context < in.contextNeed {
+			largestContext = max(largestContext, p.context)
+			continue
+		}
 		ranks = append(ranks, ranked{p, p.expectedCost(in.inTokens, in.outTokens)})
 	}
 	switch {
 	case !servedBySomeone:
 		return plan{}, errModelNotFound(in.model)
-	case len(ranks) == 0:
+	case !passedPolicy:
 		return plan{}, errPolicyExcludesAll(pol.name, in.model)
+	case len(ranks) == 0:
+		return plan{}, errContextTooSmall(in.model, in.contextNeed, largestContext)
 	}
 	pl := plan{policy: pol, queue: newCandidateQueue(ranks, in.model), available: available, every: ranks}
 	// The first available candidate decides between a plan and a 503.
@@ -382,6 +417,7 @@ func selectionInputFor(r *http.Request, facts *requestFacts, keywordPolicies boo
 		policyHeader: strings.TrimSpace(r.Header.Get(policyHeader)),
 		inTokens:     facts.textBytes / 4,
 		outTokens:    out,
+		contextNeed:  len(facts.body)/3 + facts.maxTokens,
 	}
 	if keywordPolicies && in.policyHeader == "" {
 		in.lastUserText = facts.lastUserText()

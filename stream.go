@@ -79,6 +79,7 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	ex.h.metrics.observeFirstEvent(at.provider, ex.facts.model, time.Since(at.start))
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
 	sc.BeforeRead = p.flushBeforeRead
+	ex.startContinuable(at.provider)
 	ex.commitStream(at.provider, resp.StatusCode)
 	at.onCommit()
 	return p.run(first, info)
@@ -129,6 +130,7 @@ type pump struct {
 	idleTimer    *time.Timer
 	idle         time.Duration
 	idleDeadline time.Time // when the idle timer fires, while it runs
+	continues    bool      // relays a continuation of a broken stream (§13)
 }
 
 func (p *pump) run(first []byte, info chunkInfo) attemptResult {
@@ -183,6 +185,15 @@ func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
 	}
 	if info.finished {
 		p.finished = true
+	}
+	if info.isError {
+		if res, handled := p.continueAfterBreak(errInBandBreak(), errInBandAfterCommit); handled {
+			return res, true
+		}
+	} else if p.ex.cont != nil {
+		if data = p.ex.cont.observe(p, data); data == nil {
+			return attemptResult{}, false // a continuation's repeated role delta
+		}
 	}
 	ok := p.send(data)
 	if ok && info.isError {
@@ -257,6 +268,7 @@ func (p *pump) flushPending() error {
 
 // done ends a complete stream: the cost as an SSE comment and trailer, then [DONE].
 func (p *pump) done() attemptResult {
+	p.markContinued()
 	if cost, ok := p.ex.cost(); ok {
 		c := strconv.FormatFloat(cost, 'f', 2, 64)
 		p.ex.w.Header().Set(http.TrailerPrefix+headerCost, c)
@@ -286,6 +298,9 @@ func (p *pump) end(err error) attemptResult {
 		msg = "the provider ended the stream before the answer was complete (no finish_reason)"
 	}
 	e := &apiError{message: msg, errType: "server_error", code: "stream_broken"}
+	if res, handled := p.continueAfterBreak(e, err); handled {
+		return res
+	}
 	p.write(e.body())
 	p.abort()
 	return attemptResult{class: classBrokenStream, committed: true, err: err}

@@ -51,6 +51,12 @@ var faults = []string{
 // faultAfterFaults are the faults that fire part-way through a stream.
 var faultAfterFaults = []string{faultCut, faultStall, faultMalformed}
 
+// Prefill modes accepted by Provider.Prefill.
+const (
+	prefillAccept = "accept"
+	prefillRefuse = "refuse"
+)
+
 const (
 	maxBodyBytes     = 32 << 20
 	defaultModel     = "standin"
@@ -123,6 +129,18 @@ type Provider struct {
 	// or malformed fault fires. Default: 1.
 	FaultAfter *int `json:"fault_after,omitempty"`
 
+	// Prefill is what the stand-in does with a request whose last message is
+	// the assistant's (a partial answer to continue): "accept" streams the
+	// rest of its answer after that text, "refuse" answers 400 as providers
+	// without prefill do. Default (""): the message is ignored and the whole
+	// answer is sent.
+	Prefill string `json:"prefill,omitempty"`
+
+	// Context is a context window in tokens: a request whose prompt
+	// (message text bytes / 4) plus max_tokens is larger gets 400
+	// context_length_exceeded. 0: no limit.
+	Context int `json:"context,omitempty"`
+
 	requests      atomic.Int64
 	completionSeq atomic.Int64
 	created       int64
@@ -163,6 +181,9 @@ func (s *Provider) Validate() error {
 	if s.Fault != "" && !slices.Contains(faults, s.Fault) {
 		return fmt.Errorf("arbstr_standin: unknown fault %q, allowed: %s", s.Fault, strings.Join(faults, ", "))
 	}
+	if s.Prefill != "" && s.Prefill != prefillAccept && s.Prefill != prefillRefuse {
+		return fmt.Errorf("arbstr_standin: prefill must be %s or %s, got %q", prefillAccept, prefillRefuse, s.Prefill)
+	}
 	if err := s.validateDurations(); err != nil {
 		return err
 	}
@@ -192,7 +213,7 @@ func (s *Provider) validateCounts() error {
 	counts := []struct {
 		name  string
 		value int
-	}{{"events", s.Events}, {"retry_after_ms", s.RetryAfterMs}, {"fail_first", s.FailFirst}, {"fault_after", s.faultAfter()}}
+	}{{"events", s.Events}, {"retry_after_ms", s.RetryAfterMs}, {"fail_first", s.FailFirst}, {"fault_after", s.faultAfter()}, {"context", s.Context}}
 	for _, c := range counts {
 		if c.value < 0 {
 			return fmt.Errorf("arbstr_standin: %s must not be negative, got %d", c.name, c.value)
@@ -279,6 +300,9 @@ func (s *Provider) serveChat(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return writeError(w, status, "invalid_request_error", "invalid_body", err.Error())
 	}
+	if refused, err := s.refuseRequest(w, req); refused {
+		return err
+	}
 	ex := s.newExchange(w, r, req)
 	if !wait(r.Context(), time.Duration(s.Latency)) {
 		return nil
@@ -307,6 +331,16 @@ func (s *Provider) newExchange(w http.ResponseWriter, r *http.Request, req chatR
 		model = s.Models[0]
 	}
 	prompt := max(1, req.promptBytes()/4)
+	pieces := s.pieces
+	if s.Prefill == prefillAccept {
+		if prefix, ok := req.assistantPrefix(); ok {
+			pieces = remainingPieces(pieces, prefix)
+		}
+	}
+	completionTokens := s.answerTokens
+	if len(pieces) != len(s.pieces) {
+		completionTokens = len(pieces)
+	}
 	return &exchange{
 		s:      s,
 		w:      w,
@@ -316,8 +350,9 @@ func (s *Provider) newExchange(w http.ResponseWriter, r *http.Request, req chatR
 		id:     "chatcmpl-standin-" + strconv.FormatInt(s.completionSeq.Add(1), 10),
 		model:  model,
 		now:    time.Now().Unix(),
-		usage:  usage{PromptTokens: prompt, CompletionTokens: s.answerTokens, TotalTokens: prompt + s.answerTokens},
-		faultN: min(s.faultAfter(), len(s.pieces)),
+		usage:  usage{PromptTokens: prompt, CompletionTokens: completionTokens, TotalTokens: prompt + completionTokens},
+		faultN: min(s.faultAfter(), len(pieces)),
+		pieces: pieces,
 	}
 }
 
@@ -332,9 +367,10 @@ type exchange struct {
 	model  string
 	now    int64
 	usage  usage
-	faultN int   // content events sent before a mid-stream fault fires
-	sent   int   // SSE events written so far
-	err    error // first streaming failure; later sends are skipped
+	faultN int      // content events sent before a mid-stream fault fires
+	pieces []string // the content chunks to send (the rest, after a prefill)
+	sent   int      // SSE events written so far
+	err    error    // first streaming failure; later sends are skipped
 }
 
 func (ex *exchange) serveHealthy() error {
@@ -434,12 +470,12 @@ func (ex *exchange) streamErrorEvent() error {
 func (ex *exchange) stream(fault string) error {
 	ex.startStream()
 	ex.sendChunk(delta{Role: "assistant", Content: new(string)}, nil)
-	for i := 0; i <= len(ex.s.pieces) && ex.err == nil; i++ {
+	for i := 0; i <= len(ex.pieces) && ex.err == nil; i++ {
 		if i == ex.faultN && ex.midStreamFault(fault) {
 			return nil
 		}
-		if i < len(ex.s.pieces) {
-			ex.sendChunk(delta{Content: &ex.s.pieces[i]}, nil)
+		if i < len(ex.pieces) {
+			ex.sendChunk(delta{Content: &ex.pieces[i]}, nil)
 		}
 	}
 	if fault == faultNoFinish {
@@ -671,8 +707,36 @@ type chatRequest struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
 	Messages []struct {
+		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
 	} `json:"messages"`
+	MaxTokens           int `json:"max_tokens"`
+	MaxCompletionTokens int `json:"max_completion_tokens"`
+}
+
+// assistantPrefix is the text of the last message when it is the
+// assistant's: a partial answer to continue.
+func (req chatRequest) assistantPrefix() (string, bool) {
+	if len(req.Messages) == 0 {
+		return "", false
+	}
+	last := req.Messages[len(req.Messages)-1]
+	var text string
+	if last.Role != "assistant" || json.Unmarshal(last.Content, &text) != nil {
+		return "", false
+	}
+	return text, true
+}
+
+// remainingPieces drops the pieces of the answer that prefix already holds:
+// a continuation sends only the words after it.
+func remainingPieces(pieces []string, prefix string) []string {
+	done, k := "", 0
+	for k < len(pieces) && strings.HasPrefix(prefix, done+pieces[k]) {
+		done += pieces[k]
+		k++
+	}
+	return pieces[k:]
 }
 
 func (req chatRequest) includeUsage() bool {
@@ -795,6 +859,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		fail_first     <n>
 //		fault          reset|hang|error_event|cut|stall|malformed|no_done|no_finish
 //		fault_after    <n>
+//		prefill        accept|refuse
+//		context        <tokens>
 //	}
 //
 // The block is optional: a bare `arbstr_standin` answers "Hello from standin."
@@ -841,6 +907,10 @@ func (s *Provider) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 		s.RetryAfterMs, err = strconv.Atoi(arg)
 	case "fail_first":
 		s.FailFirst, err = strconv.Atoi(arg)
+	case "prefill":
+		s.Prefill = arg
+	case "context":
+		s.Context, err = strconv.Atoi(arg)
 	case "fault_after":
 		s.FaultAfter = new(int)
 		*s.FaultAfter, err = strconv.Atoi(arg)
@@ -874,3 +944,21 @@ var (
 	_ caddyhttp.MiddlewareHandler = (*Provider)(nil)
 	_ caddyfile.Unmarshaler       = (*Provider)(nil)
 )
+
+// refuseRequest answers 400 to a request the stand-in's options refuse: a
+// prefill it does not accept, or a prompt over its context window. The
+// messages are those of real providers, which arbstr recognises.
+func (s *Provider) refuseRequest(w http.ResponseWriter, req chatRequest) (bool, error) {
+	if _, ok := req.assistantPrefix(); ok && s.Prefill == prefillRefuse {
+		return true, writeError(w, http.StatusBadRequest, "invalid_request_error", "invalid_request_error",
+			"This model does not support assistant message prefill. The conversation must end with a user message.")
+	}
+	if s.Context > 0 {
+		prompt := max(1, req.promptBytes()/4)
+		if need := prompt + max(req.MaxTokens, req.MaxCompletionTokens); need > s.Context {
+			return true, writeError(w, http.StatusBadRequest, "invalid_request_error", "context_length_exceeded",
+				fmt.Sprintf("This model's maximum context length is %d tokens. However, you requested %d tokens. Please reduce the length of the messages or completion.", s.Context, need))
+		}
+	}
+	return false, nil
+}

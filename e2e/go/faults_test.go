@@ -32,6 +32,8 @@ type faultExpect struct {
 	Calls       map[string]int `json:"calls"`
 	MinMs       *int           `json:"min_ms"`
 	MaxMs       *int           `json:"max_ms"`
+	// Continued names the prefill provider that finished a broken stream.
+	Continued string `json:"continued"`
 }
 
 type faultScenario struct {
@@ -72,6 +74,7 @@ type faultSeen struct {
 	finish      string
 	elapsed     time.Duration
 	otherFailed error
+	ids         map[string]bool // the chunk ids of a stream
 }
 
 func runFault(t *testing.T, sc faultScenario, mode string) faultSeen {
@@ -108,8 +111,10 @@ func runFault(t *testing.T, sc faultScenario, mode string) faultSeen {
 	} else {
 		stream := client.Chat.Completions.NewStreaming(ctx, params, opts...)
 		acc := openai.ChatCompletionAccumulator{}
+		seen.ids = map[string]bool{}
 		for stream.Next() {
 			acc.AddChunk(stream.Current())
+			seen.ids[stream.Current().ID] = true
 		}
 		seen.elapsed = time.Since(start)
 		err := stream.Err()
@@ -224,6 +229,12 @@ func TestE2EFaultMatrix(t *testing.T) {
 					}
 					if mode == "stream" {
 						checkHeader(t, seen.header, "x-arbstr-streaming", "true")
+					}
+					if want.Continued != "" {
+						// One answer: every chunk has the first stream's id.
+						if len(seen.ids) != 1 {
+							t.Errorf("chunk ids %v, want one", seen.ids)
+						}
 					}
 				}
 				if want.MinMs != nil && seen.elapsed < time.Duration(*want.MinMs)*time.Millisecond {

@@ -44,9 +44,11 @@ async function run(sc, mode) {
         .withResponse();
       Object.assign(seen, { status: response.status, headers: response.headers });
       let text = '';
+      seen.ids = new Set();
       try {
         for await (const chunk of stream) {
           text += chunk.choices[0]?.delta?.content ?? '';
+          seen.ids.add(chunk.id);
         }
         seen.content = text;
       } catch (err) {
@@ -94,6 +96,8 @@ for (const sc of matrix.scenarios) {
         } else {
           assert.equal(seen.content, want.content, 'answer');
           if (mode === 'stream') assert.equal(seen.headers.get('x-arbstr-streaming'), 'true');
+          // A stream finished by a prefill provider is one answer: one id.
+          if (want.continued) assert.equal(seen.ids.size, 1, `chunk ids: ${[...seen.ids]}`);
         }
         if (want.min_ms !== undefined) assert.ok(seen.ms >= want.min_ms, `took ${seen.ms}ms, want ≥ ${want.min_ms}`);
         if (want.max_ms !== undefined) assert.ok(seen.ms <= want.max_ms, `took ${seen.ms}ms, want ≤ ${want.max_ms}`);
