@@ -42,7 +42,7 @@ func usageFrom(b []byte, obj jsonscan.Span) usage {
 // config lists it, "*" when the provider serves any model (so that client
 // input never creates label values).
 func metricModel(p *provider, model string) string {
-	if p != nil && p.served[model] {
+	if p != nil && p.listed(model) {
 		return model
 	}
 	return "*"
@@ -72,5 +72,11 @@ func (ex *exchange) logFields(providerName, model string, cost float64, costKnow
 	}
 	if costKnown {
 		extra.Set(zap.Float64("arbstr_cost_sats", cost))
+	}
+	if ex.complexity != nil {
+		extra.Set(zap.Float64("arbstr_complexity", *ex.complexity))
+	}
+	if ex.tier != "" {
+		extra.Set(zap.String("arbstr_tier", ex.tier))
 	}
 }

@@ -27,6 +27,11 @@ type exchange struct {
 	usage    usage
 	outcome  string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
 	aborted  bool   // the response must be cut, not ended cleanly
+
+	// complexity is the request's score when a complexity block is set;
+	// tier is the serving provider's tier when routing by tier (SPEC §14).
+	complexity *float64
+	tier       string
 }
 
 func (ex *exchange) remaining() time.Duration { return time.Until(ex.deadline) }
@@ -67,6 +72,10 @@ func (ex *exchange) setCommonHeaders(p *provider) {
 	hdr := ex.w.Header()
 	if p != nil {
 		hdr.Set(headerProvider, p.name)
+		if ex.h.tiered {
+			ex.tier = p.tier.String()
+			hdr.Set(headerTier, ex.tier)
+		}
 	}
 	hdr.Set(headerLatency, strconv.FormatInt(time.Since(ex.start).Milliseconds(), 10))
 	if len(ex.records) > 0 {
@@ -174,4 +183,6 @@ func (ex *exchange) setPlaceholders() {
 	repl.Set("http.arbstr.request_id", ex.requestID)
 	repl.Set("http.arbstr.provider", providerName)
 	repl.Set("http.arbstr.cost_sats", cost)
+	repl.Set("http.arbstr.complexity", ex.complexityText())
+	repl.Set("http.arbstr.tier", ex.tier)
 }

@@ -22,6 +22,7 @@ type arbstrMetrics struct {
 	latency      *prometheus.HistogramVec
 	firstEvent   *prometheus.HistogramVec
 	circuitState *prometheus.GaugeVec
+	tierRequests *prometheus.CounterVec
 	// genAI are the OpenTelemetry GenAI metrics (telemetry.go).
 	genAI genAIMetrics
 }
@@ -56,12 +57,15 @@ func newArbstrMetrics() *arbstrMetrics {
 		circuitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "circuit_state", Help: "Breaker state per provider and model: 0 closed, 1 open, 2 half open."},
 			[]string{"provider", "model"}),
+		tierRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tier_requests_total", Help: "Requests routed by tier, by the tier of the provider that answered."},
+			[]string{"tier"}),
 		genAI: newGenAIMetrics(),
 	}
 }
 
 func (m *arbstrMetrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState},
+	return append([]prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState, m.tierRequests},
 		m.genAI.collectors()...)
 }
 
@@ -122,7 +126,7 @@ func (m *arbstrMetrics) observeRequest(ex *exchange, provider, model string, cos
 		// tried, so the name is a label only when the config lists it.
 		label := "*"
 		for _, p := range ex.h.providers {
-			if p.served[model] {
+			if p.listed(model) {
 				label = model
 				break
 			}
@@ -136,6 +140,9 @@ func (m *arbstrMetrics) observeRequest(ex *exchange, provider, model string, cos
 		outcome = "unknown"
 	}
 	m.requests.WithLabelValues(provider, model, outcome).Inc()
+	if ex.tier != "" {
+		m.tierRequests.WithLabelValues(ex.tier).Inc()
+	}
 	if provider == "" || !ex.usage.known {
 		return
 	}

@@ -1,9 +1,12 @@
 package arbstr
 
 import (
+	"cmp"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -24,6 +27,12 @@ type provider struct {
 	inputRate  float64
 	outputRate float64
 	baseFee    float64
+	tier       tier
+	// discover is the interval of model discovery (0: off); discovered
+	// holds its last good list, nil until one arrived.
+	discover   time.Duration
+	modelsLine map[string]bool // the `models` line, filtering discovered models
+	discovered atomic.Pointer[map[string]bool]
 }
 
 func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
@@ -44,8 +53,18 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 		outputRate: p.OutputRate,
 		baseFee:    p.BaseFee,
 	}
+	if rp.tier, err = parseTier(p.Tier); err != nil {
+		return nil, fmt.Errorf("arbstr: provider %q: %v", p.Name, err)
+	}
+	if p.Discover != nil {
+		rp.discover = cmp.Or(time.Duration(*p.Discover), defaultDiscoverInterval)
+	}
 	for _, m := range p.Models {
 		rp.served[m] = true
+		if rp.modelsLine == nil {
+			rp.modelsLine = map[string]bool{}
+		}
+		rp.modelsLine[m] = true
 	}
 	for public, up := range p.Model {
 		if public == "*" {
@@ -75,6 +94,9 @@ func servesModel(models []string, mapping map[string]string, model string) bool 
 }
 
 func (p *provider) serves(model string) bool {
+	if d := p.discovered.Load(); d != nil {
+		return (*d)[model] || p.mapped(model)
+	}
 	return p.anyModel || p.served[model]
 }
 
