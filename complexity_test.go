@@ -86,3 +86,50 @@ func measureOf(t testing.TB, body []byte) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// complexityBody is a request of about size bytes: a system prompt and a
+// user message of prose with some code and reasoning words.
+func complexityBody(size int) []byte {
+	const para = "Please explain why this function is slow and compare it with a version that uses a map; " +
+		"the code is below, written in Go: func f(xs []int) int { return len(xs); } and it is called often. "
+	text := strings.Repeat(para, max(1, size/len(para)))
+	b, _ := json.Marshal(map[string]any{"model": "m", "max_tokens": 1000, "messages": []map[string]string{
+		{"role": "system", "content": "You are a helpful assistant."},
+		{"role": "user", "content": text},
+	}})
+	return b
+}
+
+// BenchmarkComplexity measures the scorer on an inspected request (what
+// serveChat adds to a request when a complexity block is set): it should
+// take under 5µs for a typical 1 KB request and grow linearly with the text.
+func BenchmarkComplexity(b *testing.B) {
+	s := newScorer(&ComplexityConfig{})
+	for _, size := range []int{1 << 10, 10 << 10, 100 << 10} {
+		body := complexityBody(size)
+		facts, apiErr := inspectRequest(body)
+		if apiErr != nil {
+			b.Fatal(apiErr)
+		}
+		b.Run(fmt.Sprintf("%dKB", size>>10), func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			var sink float64
+			for b.Loop() {
+				sink += s.score(measure(facts))
+			}
+			if sink < 0 {
+				b.Fatal(sink)
+			}
+		})
+	}
+}
+
+// TestComplexityScanAllocatesNothing: the scorer adds no garbage per request.
+func TestComplexityScanAllocatesNothing(t *testing.T) {
+	s := newScorer(&ComplexityConfig{})
+	facts, _ := inspectRequest(complexityBody(4 << 10))
+	if n := testing.AllocsPerRun(100, func() { s.score(measure(facts)) }); n != 0 {
+		t.Errorf("scoring allocates %v times per request, want 0", n)
+	}
+}
