@@ -1,6 +1,7 @@
 package arbstr
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -122,5 +123,32 @@ func TestTierComplexityOverride(t *testing.T) {
 		if apiErr != nil && apiErr.status != http.StatusBadRequest {
 			t.Errorf("%q: status %d, want 400", tc.header, apiErr.status)
 		}
+	}
+}
+
+func TestTierCaddyfileAdaptsToJSON(t *testing.T) {
+	got := cfgAdaptedHandler(t, `arbstr {
+		provider ollama {
+			url http://127.0.0.1:11434/v1
+			tier local
+			discover
+		}
+		provider big {
+			url http://127.0.0.1:1/v1
+			tier frontier
+			discover 30s
+		}
+		complexity {
+			low 0.25
+			high 0.8
+			weights code 0.7 depth 0
+		}
+	}`)
+	b, _ := json.Marshal(map[string]any{"providers": got["providers"], "complexity": got["complexity"]})
+	want := `{"complexity":{"high":0.8,"low":0.25,"weights":{"code":0.7,"depth":0}},` +
+		`"providers":[{"discover":0,"name":"ollama","tier":"local","url":"http://127.0.0.1:11434/v1"},` +
+		`{"discover":30000000000,"name":"big","tier":"frontier","url":"http://127.0.0.1:1/v1"}]}`
+	if string(b) != want {
+		t.Errorf("adapted JSON\n got %s\nwant %s", b, want)
 	}
 }
