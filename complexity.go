@@ -3,6 +3,8 @@ package arbstr
 import (
 	"fmt"
 	"math"
+
+	"github.com/arbstr/caddy-arbstr/internal/jsonscan"
 )
 
 // ComplexityConfig turns on routing by request complexity (SPEC §14): each
@@ -168,54 +170,86 @@ type textCounts struct {
 	symbols        int // '{' and ';'
 }
 
-// scanText counts code and reasoning evidence in raw JSON text (a string or
-// an array of content parts) in one pass. Words are runs of ASCII letters
-// and inner hyphens, matched case-insensitively against the vocabularies
-// through a precomputed hash table; escape sequences separate words.
+// scanText counts code and reasoning evidence in the raw JSON of a message
+// content: a string, or an array of parts whose "text" strings count.
 func scanText(b []byte) textCounts {
-	var c textCounts
-	var seenCode, seenReasoning uint64
-	var hash uint64
-	n := 0 // length of the current word
-	flush := func() {
-		if n >= minWordLen && n <= maxWordLen {
-			if e, ok := vocabulary.lookup(hash); ok {
-				if e.reasoning {
-					seenReasoning |= 1 << e.index
-				} else {
-					seenCode |= 1 << e.index
-				}
+	var sc textScanner
+	if len(b) > 0 && b[0] == '[' {
+		_ = jsonscan.Elements(b, jsonscan.Span{Kind: jsonscan.Array, Start: 0, End: len(b)}, func(part jsonscan.Span) error {
+			if part.Kind == jsonscan.Object {
+				_ = jsonscan.Members(b, part, func(key []byte, v jsonscan.Span) error {
+					if string(key) == "text" && v.Kind == jsonscan.String {
+						sc.scan(b[v.Start:v.End])
+					}
+					return nil
+				})
 			}
-		}
-		n, hash = 0, fnvOffset
+			return nil
+		})
+	} else {
+		sc.scan(b)
 	}
-	hash = fnvOffset
+	sc.c.codeWords = popcount(sc.seenCode)
+	sc.c.reasoningWords = popcount(sc.seenReasoning)
+	return sc.c
+}
+
+// textScanner finds evidence in raw JSON strings in one pass. Words are runs
+// of ASCII letters and inner hyphens, matched case-insensitively against the
+// vocabularies through a precomputed hash table; escape sequences separate
+// words.
+type textScanner struct {
+	c                       textCounts
+	seenCode, seenReasoning uint64
+}
+
+
+// word records a finished word of n letters with hash h.
+func (sc *textScanner) word(h uint64, n int) {
+	if n < minWordLen || n > maxWordLen {
+		return
+	}
+	if e, ok := vocabulary.lookup(h); ok {
+		if e.reasoning {
+			sc.seenReasoning |= 1 << e.index
+		} else {
+			sc.seenCode |= 1 << e.index
+		}
+	}
+}
+
+// scan reads one raw JSON string. The hot loop keeps its state in locals.
+func (sc *textScanner) scan(b []byte) {
+	h, n := uint64(fnvOffset), 0
+	fences, symbols := 0, 0
 	for i := 0; i < len(b); i++ {
 		ch := b[i]
-		switch {
-		case 'a' <= ch && ch <= 'z', 'A' <= ch && ch <= 'Z', ch == '-' && n > 0:
-			hash = (hash ^ uint64(ch|0x20)) * fnvPrime
+		if lower := ch | 0x20; 'a' <= lower && lower <= 'z' || ch == '-' && n > 0 {
+			h = (h ^ uint64(lower)) * fnvPrime
 			n++
-		case ch == '\\':
-			flush()
+			continue
+		}
+		if n > 0 {
+			sc.word(h, n)
+			h, n = fnvOffset, 0
+		}
+		switch ch {
+		case '\\':
 			i++ // the escaped character; \uXXXX leaves hex digits, which are no word
-		default:
-			flush()
-			switch ch {
-			case '`':
-				if i+2 < len(b) && b[i+1] == '`' && b[i+2] == '`' {
-					c.fences++
-					i += 2
-				}
-			case '{', ';':
-				c.symbols++
+		case '`':
+			if i+2 < len(b) && b[i+1] == '`' && b[i+2] == '`' {
+				fences++
+				i += 2
 			}
+		case '{', ';':
+			symbols++
 		}
 	}
-	flush()
-	c.codeWords = popcount(seenCode)
-	c.reasoningWords = popcount(seenReasoning)
-	return c
+	if n > 0 {
+		sc.word(h, n)
+	}
+	sc.c.fences += fences
+	sc.c.symbols += symbols
 }
 
 func popcount(v uint64) int {

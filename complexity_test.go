@@ -133,3 +133,35 @@ func TestComplexityScanAllocatesNothing(t *testing.T) {
 		t.Errorf("scoring allocates %v times per request, want 0", n)
 	}
 }
+
+func TestComplexityScanText(t *testing.T) {
+	cases := []struct {
+		name, raw string
+		want      textCounts
+	}{
+		{"plain prose", `"What is the capital of France?"`, textCounts{}},
+		{"case-insensitive words, each counted once", `"Explain WHY and why, then Analyze"`, textCounts{reasoningWords: 3}},
+		{"hyphenated words", `"a trade-off, step-by-step"`, textCounts{reasoningWords: 2}},
+		{"escape sequences separate words", `"ok\nwhy\tdesign\u00e9prove"`, textCounts{reasoningWords: 3}},
+		{"an escape does not glue words: no 'nfunc'", `"x\nfunc"`, textCounts{codeWords: 1}},
+		{"fences and symbols", "\"```go\\nfunc f() { return; }\\n```\"", textCounts{fences: 2, codeWords: 2, symbols: 2}},
+		{"content parts", `[{"type":"text","text":"prove it"},{"type":"text","text":"in Python"}]`, textCounts{reasoningWords: 1, codeWords: 1}},
+		{"overlong words are no keywords", `"explainexplainexplainexplain"`, textCounts{}},
+	}
+	for _, tc := range cases {
+		if got := scanText([]byte(tc.raw)); got != tc.want {
+			t.Errorf("%s: scanText(%s) = %+v, want %+v", tc.name, tc.raw, got, tc.want)
+		}
+	}
+}
+
+func TestComplexityWeightsChangeTheScore(t *testing.T) {
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"Write a Python function to parse JSON."}]}`)
+	zero, full := 0.0, 1.0
+	def := scoreBody(t, newScorer(&ComplexityConfig{}), body)
+	off := scoreBody(t, newScorer(&ComplexityConfig{Weights: &ComplexityWeights{Code: &zero}}), body)
+	max := scoreBody(t, newScorer(&ComplexityConfig{Weights: &ComplexityWeights{Code: &full}}), body)
+	if !(off == 0 && def > 0 && max > def && max <= 1) {
+		t.Errorf("code weight 0, default, 1: scores %.2f, %.2f, %.2f; want 0 < default < max ≤ 1", off, def, max)
+	}
+}
