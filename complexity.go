@@ -203,7 +203,6 @@ type textScanner struct {
 	seenCode, seenReasoning uint64
 }
 
-
 // word records a finished word of n letters with hash h.
 func (sc *textScanner) word(h uint64, n int) {
 	if n < minWordLen || n > maxWordLen {
