@@ -54,7 +54,7 @@ func startDiscovery(providers []*provider, client *http.Client, reg *healthRegis
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			discoverLoop(ctx, p, client, reg, logger, nil)
+			discoverLoop(ctx, p, client, reg, logger, nil, nil)
 		}()
 	}
 	return d
@@ -71,9 +71,10 @@ func (d *discovery) stop() {
 
 // discoverLoop reads p's models now and every interval until ctx ends;
 // after a failure it tries again sooner (1s, doubling, up to the interval),
-// so a local server that starts after Caddy is found quickly. tick, when
-// not nil, replaces the timer (tests).
-func discoverLoop(ctx context.Context, p *provider, client *http.Client, reg *healthRegistry, logger *zap.Logger, tick <-chan time.Time) {
+// so a local server that starts after Caddy is found quickly. Tests set
+// tick, which replaces the timer, and roundDone, told after each read.
+func discoverLoop(ctx context.Context, p *provider, client *http.Client, reg *healthRegistry, logger *zap.Logger,
+	tick <-chan time.Time, roundDone chan<- struct{}) {
 	st := discoveryStatus{Interval: p.discover.String()}
 	retry := discoverRetryMin
 	for {
@@ -94,6 +95,9 @@ func discoverLoop(ctx context.Context, p *provider, client *http.Client, reg *he
 			retry = discoverRetryMin
 		}
 		reg.publishDiscovery(p, st)
+		if roundDone != nil {
+			roundDone <- struct{}{}
+		}
 		if !waitNext(ctx, wait, tick) {
 			return
 		}

@@ -62,10 +62,10 @@ func TestDiscoveryKeepsLastGoodListAndShowsError(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	tick := make(chan time.Time) // unbuffered: a send returns when the loop finished a round
+	tick, round := make(chan time.Time), make(chan struct{})
 	go func() {
 		defer close(done)
-		discoverLoop(ctx, p, newUpstreamClient(), reg, zap.NewNop(), tick)
+		discoverLoop(ctx, p, newUpstreamClient(), reg, zap.NewNop(), tick, round)
 	}()
 	status := func() providerStatus {
 		for _, st := range allProviderStatus(time.Now()) {
@@ -77,7 +77,7 @@ func TestDiscoveryKeepsLastGoodListAndShowsError(t *testing.T) {
 		return providerStatus{}
 	}
 
-	tick <- time.Time{} // round 1 done
+	<-round // the read at start
 	if !p.serves("llama3") || p.serves("anything") {
 		t.Errorf("after discovery: serves llama3 %v, anything %v; want true, false", p.serves("llama3"), p.serves("anything"))
 	}
@@ -92,7 +92,8 @@ func TestDiscoveryKeepsLastGoodListAndShowsError(t *testing.T) {
 	success := st.Discovery.LastSuccess
 
 	up.status.Store(http.StatusInternalServerError)
-	tick <- time.Time{} // round 2 (failing) done
+	tick <- time.Time{}
+	<-round // a failing read
 	if !p.serves("llama3") {
 		t.Error("a failed discovery dropped the last good list")
 	}
@@ -113,7 +114,8 @@ func TestDiscoveryKeepsLastGoodListAndShowsError(t *testing.T) {
 
 	up.status.Store(0)
 	up.models.Store(&[]string{"qwen", "mistral"})
-	tick <- time.Time{} // round 3 done
+	tick <- time.Time{}
+	<-round // a good read again
 	if p.serves("llama3") || !p.serves("mistral") {
 		t.Error("a later good list did not replace the earlier one")
 	}

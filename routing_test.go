@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -132,6 +133,7 @@ func TestRoutingTiersByComplexityIntegration(t *testing.T) {
 	standard := tierStandin(t, &standin.Provider{Name: "standard"})
 	frontier := tierStandin(t, &standin.Provider{Name: "frontier"})
 	tc := startCaddy(t, tierConfig(local, standard, frontier, ""))
+	metricsBefore := hlScrape(t, tc.Admin+"/metrics")
 	seen := func() [3]int { return [3]int{tierSeen(t, local), tierSeen(t, standard), tierSeen(t, frontier)} }
 
 	easy := tierExpect(t, tc.Post("/v1/chat/completions", tierChat(tierEasy, 0)), "local", "local")
@@ -142,6 +144,12 @@ func TestRoutingTiersByComplexityIntegration(t *testing.T) {
 	}
 	if !(easy < 0.3 && medium >= 0.3 && medium <= 0.7 && hard > 0.7) {
 		t.Errorf("scores easy %.2f, medium %.2f, hard %.2f; want < 0.3, in [0.3, 0.7], > 0.7", easy, medium, hard)
+	}
+	metricsAfter := hlScrape(t, tc.Admin+"/metrics")
+	for _, tier := range []string{"local", "standard", "frontier"} {
+		if d := hlMetricDelta(metricsBefore, metricsAfter, "caddy_arbstr_tier_requests_total", hlL("tier", tier)); d != 1 {
+			t.Errorf("caddy_arbstr_tier_requests_total{tier=%q} grew by %v, want 1", tier, d)
+		}
 	}
 
 	t.Run("header overrides the score", func(t *testing.T) {
@@ -182,8 +190,7 @@ func TestRoutingEscalatesWhenTierBreakersOpenIntegration(t *testing.T) {
 	if got := tierSeen(t, local); got != 1 {
 		t.Errorf("local saw %d requests, want 1 (its breaker is open)", got)
 	}
-	// Never down: a medium request does not fall to local, a hard one not to
-	// standard, even when their own tier fails.
+	// One tier up is enough: frontier was never needed.
 	if got := tierSeen(t, frontier); got != 0 {
 		t.Errorf("frontier saw %d requests, want 0", got)
 	}
@@ -218,5 +225,23 @@ func TestRoutingOffWithoutTiersIntegration(t *testing.T) {
 		if v, ok := resp.Header[http.CanonicalHeaderKey(h)]; ok {
 			t.Errorf("%s = %q without tier routing; want none", h, v)
 		}
+	}
+}
+
+func TestRoutingAccessLogFieldsIntegration(t *testing.T) {
+	local := tierStandin(t, &standin.Provider{Name: "local"})
+	standard := tierStandin(t, &standin.Provider{Name: "standard"})
+	frontier := tierStandin(t, &standin.Provider{Name: "frontier"})
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	tc := startCaddy(t, fmt.Sprintf("log {\n\toutput file %s\n\tformat json\n}\n", logPath)+tierConfig(local, standard, frontier, ""))
+	resp := tc.Post("/v1/chat/completions", tierChat(tierHard, 8000))
+	_, _ = io.ReadAll(resp.Body)
+	score, _ := strconv.ParseFloat(resp.Header.Get("x-arbstr-complexity"), 64)
+	e := hlAccessEntry(t, logPath, resp.Header.Get(headerRequestID))
+	if e["arbstr_tier"] != "frontier" {
+		t.Errorf("arbstr_tier = %v, want frontier", e["arbstr_tier"])
+	}
+	if c, ok := e["arbstr_complexity"].(float64); !ok || formatScore(c) != formatScore(score) {
+		t.Errorf("arbstr_complexity = %v, want the score %.2f as a number", e["arbstr_complexity"], score)
 	}
 }
