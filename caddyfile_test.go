@@ -352,6 +352,7 @@ func TestCaddyfileJSONValidateRefuses(t *testing.T) {
 		{"unknown tier", func(h *Handler) { h.Providers[0].Tier = "gold" }, "not one of local, standard, frontier"},
 		{"negative discover", func(h *Handler) { d := caddy.Duration(-1); h.Providers[0].Discover = &d }, "discover interval must not be negative"},
 		{"complexity high out of range", func(h *Handler) { v := 1.5; h.Complexity = &ComplexityConfig{High: &v} }, "[0, 1]"},
+		{"complexity without a frontier provider", func(h *Handler) { h.Complexity = &ComplexityConfig{} }, "mark one 'tier frontier' or set 'high 1'"},
 		{"complexity weight NaN", func(h *Handler) {
 			v := math.NaN()
 			h.Complexity = &ComplexityConfig{Weights: &ComplexityWeights{Depth: &v}}

@@ -304,6 +304,9 @@ func (h *Handler) Validate() error {
 	if err := h.Complexity.validate(); err != nil {
 		return err
 	}
+	if err := h.checkFrontierTier(); err != nil {
+		return err
+	}
 	if err := h.Retry.validate(); err != nil {
 		return err
 	}

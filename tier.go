@@ -198,3 +198,21 @@ func (ex *exchange) complexityText() string {
 	}
 	return formatScore(*ex.complexity)
 }
+
+// checkFrontierTier refuses a complexity block that could send requests to
+// a tier nobody has: a score above high needs a frontier provider.
+func (h *Handler) checkFrontierTier() error {
+	if h.Complexity == nil {
+		return nil
+	}
+	s := newScorer(h.Complexity)
+	if s.high >= 1 {
+		return nil // no score is above 1
+	}
+	for _, p := range h.Providers {
+		if p.Tier == tierFrontier.String() {
+			return nil
+		}
+	}
+	return fmt.Errorf("arbstr: complexity: requests scoring above high (%v) need a provider with 'tier frontier', and none has it; mark one 'tier frontier' or set 'high 1'", s.high)
+}
