@@ -2,6 +2,7 @@ package arbstr
 
 import (
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -59,7 +60,7 @@ func (ex *exchange) logFields(providerName, model string, cost float64, costKnow
 		extra.Set(zap.String("arbstr_provider", providerName))
 	}
 	if model != "" {
-		extra.Set(zap.String("arbstr_model", model))
+		extra.Set(zap.String("arbstr_model", truncateLogValue(model)))
 	}
 	extra.Set(zap.Int("arbstr_attempts", ex.attempts))
 	if len(ex.records) > 0 {
@@ -79,4 +80,20 @@ func (ex *exchange) logFields(providerName, model string, cost float64, costKnow
 	if ex.tier != "" {
 		extra.Set(zap.String("arbstr_tier", ex.tier))
 	}
+}
+
+// maxLogValue bounds a client-controlled string in a log field.
+const maxLogValue = maxModelName
+
+// truncateLogValue cuts s to maxLogValue bytes (on a rune boundary), marking
+// the cut, so that no client can make arbstr write a huge log line.
+func truncateLogValue(s string) string {
+	if len(s) <= maxLogValue {
+		return s
+	}
+	cut := maxLogValue
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -3,6 +3,7 @@ package arbstr
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/arbstr/caddy-arbstr/ledger/dashboard"
 	"net/http"
 	"net/url"
 	"time"
@@ -36,12 +37,14 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Routes returns the /arbstr/providers and /arbstr/providers/reset routes.
+// Routes returns /arbstr/providers, /arbstr/providers/reset, the ledger's
+// /arbstr/stats and /arbstr/requests, and the dashboard page.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{
+	return append([]caddy.AdminRoute{
 		{Pattern: adminProvidersPath, Handler: caddy.AdminHandlerFunc(a.handleProviders)},
 		{Pattern: adminResetPath, Handler: caddy.AdminHandlerFunc(a.handleReset)},
-	}
+		{Pattern: adminDashboardPath, Handler: dashboardRoute()},
+	}, ledgerRoutes()...)
 }
 
 // handleProviders answers GET /arbstr/providers with a JSON array of
@@ -130,3 +133,16 @@ var (
 	_ caddy.Module      = (*adminAPI)(nil)
 	_ caddy.AdminRouter = (*adminAPI)(nil)
 )
+
+// adminDashboardPath serves the ledger's page (ledger/dashboard).
+const adminDashboardPath = "/arbstr/dashboard"
+
+// dashboardRoute serves the dashboard page; it reads the other /arbstr/
+// endpoints from the browser.
+func dashboardRoute() caddy.AdminHandler {
+	page := dashboard.Handler()
+	return caddy.AdminHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		page.ServeHTTP(w, r)
+		return nil
+	})
+}

@@ -14,7 +14,9 @@ func TestAdminProvidersShowsConfigAndHealthIntegration(t *testing.T) {
 	bad := hlNewUpstream(t, hlStatus(500))
 	good := hlNewUpstream(t, hlOK)
 	site := hlHealthSite(
-		hlProviderBlock("alpha", bad.base()+"?token=hl-query-secret", "hl-admin-literal-secret", "gpt-b gpt-a", 1000, 3000, 2)+
+		// A URL with a query (which could hold a token) is refused at load
+		// (TestSecurityProviderURLValidatedAtLoad).
+		hlProviderBlock("alpha", bad.base(), "hl-admin-literal-secret", "gpt-b gpt-a", 1000, 3000, 2)+
 			hlProviderBlock("beta", good.base(), "{env.HL_ADMIN_ENV_KEY}", "", 5000, 6000, 7),
 		2, "30s", "\tcooldown_max 90s\n")
 	tc := startCaddy(t, site)
@@ -31,7 +33,7 @@ func TestAdminProvidersShowsConfigAndHealthIntegration(t *testing.T) {
 		t.Fatalf("alpha or beta missing from the admin API:\n%s", raw)
 	}
 	if alpha.URL != bad.base() {
-		t.Errorf("alpha url %q; want %q without the query string", alpha.URL, bad.base())
+		t.Errorf("alpha url %q; want %q", alpha.URL, bad.base())
 	}
 	if !slices.Equal(alpha.Models, []string{"gpt-a", "gpt-b"}) || alpha.AnyModel {
 		t.Errorf("alpha models %v any=%v; want [gpt-a gpt-b], not any", alpha.Models, alpha.AnyModel)

@@ -48,7 +48,7 @@ func BenchmarkChoose(b *testing.B) {
 		newPolicy(&Policy{Name: "fast", Keywords: []string{"urgent", "quick"}}),
 		newPolicy(&Policy{Name: "code", AllowedModels: []string{"gpt-4o"}, MaxOutputRate: 40000, Keywords: []string{"debug", "function"}}),
 	}
-	for _, n := range []int{10, 100, 1000} {
+	for _, n := range []int{1, 10, 100, 1000} {
 		b.Run(fmt.Sprintf("providers=%d", n), func(b *testing.B) {
 			providers := make([]*provider, n)
 			for i := range providers {
@@ -66,12 +66,23 @@ func BenchmarkChoose(b *testing.B) {
 			}
 			reg := loadHealthRegistry(providers, newBreakerSettings(nil))
 			b.Cleanup(reg.release)
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, apiErr := choose(providers, policies, in, reg.snapshot(), time.Now()); apiErr != nil {
-					b.Fatal(apiErr.message)
+			b.Run("lazy", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					pl, apiErr := choose(providers, policies, in, reg.snapshot(), time.Now())
+					if apiErr != nil || pl.next() == nil {
+						b.Fatal(apiErr)
+					}
 				}
-			}
+			})
+			b.Run("sort-all-baseline", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, apiErr := chooseSortingAll(providers, policies, in, reg.snapshot(), time.Now()); apiErr != nil {
+						b.Fatal(apiErr.message)
+					}
+				}
+			})
 		})
 	}
 }

@@ -77,6 +77,12 @@ func errBodyTooLarge(limit int64) *apiError {
 		errType: "invalid_request_error", code: "request_too_large"}
 }
 
+func errBodyTimeout(timeout time.Duration) *apiError {
+	return &apiError{status: http.StatusRequestTimeout,
+		message: fmt.Sprintf("the request body did not arrive within the %s deadline (timeout)", timeout),
+		errType: "invalid_request_error", code: "request_timeout"}
+}
+
 func errMethodNotAllowed(method, allow string) *apiError {
 	return &apiError{status: http.StatusMethodNotAllowed,
 		message: fmt.Sprintf("method %s is not allowed here; use %s", method, allow),

@@ -28,6 +28,12 @@ type exchange struct {
 	outcome  string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
 	aborted  bool   // the response must be cut, not ended cleanly
 
+	// For the ledger row (ledger_row.go).
+	plan       *plan         // the policy and the providers that qualified
+	status     int           // the status the client got; 0 when none was written
+	errorCode  string        // the code of arbstr's own error answer
+	firstEvent time.Duration // a stream's time from the request's start to commit
+
 	// complexity is the request's score when a complexity block is set;
 	// tier is the serving provider's tier when routing by tier (SPEC §14).
 	complexity *float64
@@ -86,7 +92,7 @@ func (ex *exchange) setCommonHeaders(p *provider) {
 
 // commit writes the response head of a provider's good answer.
 func (ex *exchange) commit(p *provider, status int, contentType string, length int64) {
-	ex.provider, ex.outcome = p, "ok"
+	ex.provider, ex.outcome, ex.status = p, "ok", status
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	if contentType != "" {
@@ -114,7 +120,7 @@ func (ex *exchange) succeeded(p *provider, res attemptResult) {
 
 // relay passes a provider's refusal of the request to the client as it was.
 func (ex *exchange) relay(p *provider, rr *relayedResponse) {
-	ex.provider, ex.outcome = p, "relayed"
+	ex.provider, ex.outcome, ex.status = p, "relayed", rr.status
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	if rr.contentType != "" {
@@ -127,7 +133,7 @@ func (ex *exchange) relay(p *provider, rr *relayedResponse) {
 
 // fail answers with an error of arbstr's own.
 func (ex *exchange) fail(e *apiError) {
-	ex.outcome = "error"
+	ex.outcome, ex.status, ex.errorCode = "error", e.status, e.code
 	if len(ex.records) > 0 {
 		ex.w.Header().Set(headerRetries, retriesHeader(ex.records))
 	}
@@ -149,7 +155,7 @@ func (ex *exchange) cost() (float64, bool) {
 }
 
 // account reports the request once it is over: placeholders, access log
-// fields and metrics.
+// fields, metrics and the ledger.
 func (ex *exchange) account() {
 	providerName, model := "", ""
 	if ex.provider != nil {
@@ -162,6 +168,7 @@ func (ex *exchange) account() {
 	ex.setPlaceholders() // again: a stream's cost is known only now
 	ex.logFields(providerName, model, cost, costKnown)
 	ex.h.metrics.observeRequest(ex, providerName, model, cost, costKnown)
+	ex.recordInLedger(providerName, model, cost, costKnown)
 }
 
 // setPlaceholders publishes {http.arbstr.*}. It runs before the response

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -89,29 +90,88 @@ func failedStatus(ex *exchange, at *attempt, resp *http.Response) attemptResult 
 				return res
 			}
 		}
-		res.relay = &relayedResponse{status: resp.StatusCode, contentType: resp.Header.Get("Content-Type"), body: body}
+		res.relay = &relayedResponse{status: resp.StatusCode, contentType: resp.Header.Get("Content-Type"),
+			body: at.provider.redact(body)}
 	}
 	return res
 }
 
-// readAllBounded reads a provider's answer, refusing one larger than limit.
+// Body chunk sizes: memory for a body grows with what has arrived, in
+// chunks from bodyChunkMin doubling up to bodyChunkMax, never with what the
+// peer declared. A client that declares 15 MB and sends 10 bytes costs one
+// small chunk, not 15 MB (SPEC §10).
+const (
+	bodyChunkMin = 32 << 10
+	bodyChunkMax = 1 << 20
+)
+
+// readAllBounded reads r to its end, refusing more than limit bytes with
+// errTooLarge. sizeHint (the declared length, -1 when unknown) only makes
+// the last chunk of an honest body fit; it never reserves memory ahead of
+// the bytes.
 func readAllBounded(r io.Reader, sizeHint int64, limit int64) ([]byte, error) {
-	capacity := int64(4096)
-	if sizeHint > 0 && sizeHint <= limit {
-		// ReadFrom wants MinRead bytes free before each read, the one that
-		// finds the end included: with less it would double the buffer and
-		// copy the whole body once more.
-		capacity = sizeHint + bytes.MinRead
+	var chunks [][]byte
+	total := int64(0)
+	for {
+		chunk := make([]byte, nextChunkSize(total, sizeHint, limit))
+		n, err := fill(r, chunk)
+		total += int64(n)
+		if n > 0 {
+			chunks = append(chunks, chunk[:n])
+		}
+		if total > limit {
+			return nil, errTooLarge
+		}
+		if err == io.EOF {
+			return joinChunks(chunks, total), nil
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, capacity))
-	n, err := buf.ReadFrom(io.LimitReader(r, limit+1))
-	if err != nil {
-		return nil, err
+}
+
+// fill reads into b until it is full or r fails. Unlike io.ReadFull it
+// passes r's error on as it is: io.EOF is the body's clean end, and
+// io.ErrUnexpectedEOF from r a truncated body.
+func fill(r io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
 	}
-	if n > limit {
-		return nil, errTooLarge
+	return n, nil
+}
+
+// nextChunkSize is the size of the buffer for the next read: as large as
+// what arrived so far (within bodyChunkMin and bodyChunkMax), one byte past
+// the declared rest (so that the end is seen without another chunk), and
+// never past limit+1 (one byte more tells a body over the limit).
+func nextChunkSize(total, sizeHint, limit int64) int64 {
+	size := min(max(total, bodyChunkMin), bodyChunkMax)
+	if rest := sizeHint - total; rest >= 0 {
+		size = min(size, rest+1)
 	}
-	return buf.Bytes(), nil
+	return min(size, limit+1-total)
+}
+
+// joinChunks returns the chunks as one slice, copying only when there are
+// several.
+func joinChunks(chunks [][]byte, total int64) []byte {
+	switch len(chunks) {
+	case 0:
+		return []byte{}
+	case 1:
+		return chunks[0]
+	}
+	out := make([]byte, 0, total)
+	for _, c := range chunks {
+		out = append(out, c...)
+	}
+	return out
 }
 
 var errTooLarge = errors.New("body larger than the limit")
@@ -122,6 +182,12 @@ type bufferedDelivery struct{}
 
 func (bufferedDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
 	body, err := readAllBounded(resp.Body, resp.ContentLength, maxResponseBody)
+	if err == errTooLarge {
+		// An answer over the cap is the provider's failure; downloading it
+		// again from the same provider would only cost another 64 MB.
+		return attemptResult{class: classBadResponse, status: resp.StatusCode,
+			err: fmt.Errorf("the answer is larger than %d bytes", maxResponseBody)}
+	}
 	if err != nil {
 		return attemptResult{class: classifyError(at.ctx, ex.r.Context(), err), status: resp.StatusCode, err: err}
 	}
@@ -136,7 +202,11 @@ func (bufferedDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) 
 		return attemptResult{class: classInBand, status: resp.StatusCode, err: errors.New("the answer is an error object")}
 	}
 	ex.usage = info.usage
-	ex.commit(at.provider, resp.StatusCode, resp.Header.Get("Content-Type"), int64(len(body)))
+	body = at.provider.redact(body)
+	// The answer was checked to be a JSON object: say so, whatever the
+	// provider's Content-Type, and forbid browsers to guess otherwise.
+	ex.w.Header().Set("X-Content-Type-Options", "nosniff")
+	ex.commit(at.provider, resp.StatusCode, "application/json", int64(len(body)))
 	_, _ = ex.w.Write(body)
 	return attemptResult{class: classNone, status: resp.StatusCode, committed: true}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -21,20 +22,16 @@ const (
 	headerRetries   = "x-arbstr-retries"
 )
 
-// ServeHTTP routes by path: .../chat/completions and .../models are
+// ServeHTTP routes by path: POST .../chat/completions and .../models are
 // answered here, anything else goes to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path
 	switch {
-	case strings.HasSuffix(path, "/chat/completions"):
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", http.MethodPost)
-			w.Header().Set(headerRequestID, newRequestID()) // SPEC §6: on every error of arbstr's own
-			errMethodNotAllowed(r.Method, "POST").write(w)
-			return nil
-		}
+	case strings.HasSuffix(path, "/chat/completions") && r.Method == http.MethodPost:
 		h.serveChat(w, r)
 		return nil
+	// Other methods on .../chat/completions (GET lists stored completions
+	// in the OpenAI API) are not arbstr's: they go to the next handler.
 	case strings.HasSuffix(path, "/models"):
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
@@ -87,12 +84,13 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
-	body, apiErr := readRequestBody(w, r, h.MaxBody)
+	body, apiErr := readRequestBody(w, r, h.MaxBody, ex.deadline, time.Duration(h.Timeout))
 	if apiErr != nil {
-		if apiErr.status == http.StatusRequestEntityTooLarge {
+		if apiErr.status == http.StatusRequestEntityTooLarge || apiErr.status == http.StatusRequestTimeout {
 			// Close instead of letting net/http drain up to 256 KB of the
-			// unread body before the 413 goes out (Caddy wraps the body,
-			// which defeats net/http's own too-large check).
+			// unread body before the answer goes out (Caddy wraps the body,
+			// which defeats net/http's own too-large check), or wait on a
+			// body that is too slow.
 			w.Header().Set("Connection", "close")
 		}
 		ex.fail(apiErr)
@@ -115,20 +113,27 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 		ex.fail(apiErr)
 		return
 	}
+	ex.plan = &pl
 	var d delivery = bufferedDelivery{}
 	if facts.stream {
 		d = &streamDelivery{}
 	}
-	h.runPlan(ex, pl, d)
+	h.runPlan(ex, &pl, d)
 }
 
 // readRequestBody reads the body whole, refusing it with 413 before reading
 // when its declared length is over the limit, and as soon as it passes it.
-func readRequestBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
+// A body that has not arrived by deadline (the request's timeout) is a 408:
+// a client trickling a byte every few seconds cannot hold a request open.
+func readRequestBody(w http.ResponseWriter, r *http.Request, limit int64, deadline time.Time, timeout time.Duration) ([]byte, *apiError) {
 	if r.ContentLength > limit {
 		return nil, errBodyTooLarge(limit)
 	}
+	stop := bodyDeadline(w, deadline)
 	body, err := readAllBounded(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
+	if timedOut := stop(); timedOut && err != nil {
+		return nil, errBodyTimeout(timeout)
+	}
 	if err != nil {
 		if _, ok := err.(*http.MaxBytesError); ok || err == errTooLarge {
 			return nil, errBodyTooLarge(limit)
@@ -136,6 +141,37 @@ func readRequestBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byt
 		return nil, errInvalidRequest("", "the request body could not be read: %v", err)
 	}
 	return body, nil
+}
+
+// bodyDeadline makes reads of the request body fail once deadline passes,
+// by moving the connection's read deadline to that moment. It only ever
+// shortens the server's own read timeouts (read_body), never extends them.
+// stop ends the watch and reports whether it cut the body.
+func bodyDeadline(w http.ResponseWriter, deadline time.Time) (stop func() (timedOut bool)) {
+	rc := http.NewResponseController(w)
+	var mu sync.Mutex
+	stopped, fired := false, false
+	t := time.AfterFunc(time.Until(deadline), func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			fired = true
+			_ = rc.SetReadDeadline(time.Now())
+		}
+	})
+	return func() bool {
+		t.Stop()
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		if fired {
+			// If the body was read all the same, the deadline must go, or
+			// net/http's watch for the client closing the connection would
+			// take the timeout for a client that left.
+			_ = rc.SetReadDeadline(time.Time{})
+		}
+		return fired
+	}
 }
 
 func newRequestID() string {

@@ -68,6 +68,9 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	if err := json.Unmarshal(body[f.modelSpan.Start:f.modelSpan.End], &f.model); err != nil || f.model == "" {
 		return nil, errInvalidRequest("model", "'model' must be a non-empty string")
 	}
+	if len(f.model) > maxModelName {
+		return nil, errInvalidRequest("model", "'model' is %d bytes long; model names are at most %d", len(f.model), maxModelName)
+	}
 	if messages.Kind != jsonscan.Array {
 		return nil, errInvalidRequest("messages", "'messages' is required and must be an array")
 	}
@@ -94,19 +97,31 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	return f, nil
 }
 
-// refuseLookalikeKey refuses "MODEL" and the like: providers written in Go
-// match JSON keys ignoring case, so they could act on a key arbstr does not
-// read, and serve (and bill) another model than the one arbstr routed.
+// refuseLookalikeKey refuses "MODEL", "ſtream" (U+017F), "max_to\u212Aens"
+// (the Kelvin sign) and the like: providers written in Go match JSON keys
+// under Unicode case folding, so they could act on a key arbstr does not
+// read, and serve (and bill) another model than the one arbstr routed. key
+// is decoded (escapes resolved) by the scanner.
 func refuseLookalikeKey(key []byte) error {
 	for _, name := range routingKeys {
-		if len(key) == len(name) && string(key) != name && strings.EqualFold(string(key), name) {
-			return fmt.Errorf("the key %q differs from %q only in case; send %q", key, name, name)
+		// A letter folding to an ASCII one is at most 3 bytes long (K, U+212A).
+		if len(key) < len(name) || len(key) > 3*len(name) {
+			continue
+		}
+		if string(key) != name && strings.EqualFold(string(key), name) {
+			return fmt.Errorf("the key %q is not %q but reads as it to some providers (case or Unicode look-alike); send %q", key, name, name)
 		}
 	}
 	return nil
 }
 
-var routingKeys = []string{"model", "stream", "messages", "stream_options", "max_tokens", "max_completion_tokens"}
+// routingKeys are the keys arbstr reads, at the top level or inside
+// stream_options.
+var routingKeys = []string{"model", "stream", "messages", "stream_options", "max_tokens", "max_completion_tokens", "include_usage"}
+
+// maxModelName bounds the model name: it is logged, echoed in errors and
+// compared against the config, and no real model name comes close.
+const maxModelName = 256
 
 func (f *requestFacts) inspectStreamOptions(body []byte) *apiError {
 	switch f.streamOptions.Kind {
@@ -116,13 +131,22 @@ func (f *requestFacts) inspectStreamOptions(body []byte) *apiError {
 	default:
 		return errInvalidRequest("stream_options", "'stream_options' must be an object")
 	}
-	return errOrNil(jsonscan.Members(body, f.streamOptions, func(key []byte, v jsonscan.Span) error {
+	var lookalike error
+	err := jsonscan.Members(body, f.streamOptions, func(key []byte, v jsonscan.Span) error {
+		if err := refuseLookalikeKey(key); err != nil {
+			lookalike = err
+			return err
+		}
 		if string(key) == "include_usage" {
 			f.includeUsageAt = v
 			f.clientUsage = v.Kind == jsonscan.Bool && body[v.Start] == 't'
 		}
 		return nil
-	}))
+	})
+	if lookalike != nil {
+		return errInvalidRequest("stream_options", "%v", lookalike)
+	}
+	return errOrNil(err)
 }
 
 func errOrNil(err error) *apiError {
@@ -268,7 +292,7 @@ func usageEdit(body []byte, f *requestFacts) edit {
 		return edit{f.includeUsageAt.Start, f.includeUsageAt.End, []byte("true")}
 	case f.streamOptions.Kind == jsonscan.Object:
 		open := f.streamOptions.Start + 1
-		if isEmptyObject(body, f.streamOptions) {
+		if isEmpty(body, f.streamOptions) {
 			return edit{open, open, []byte(member)}
 		}
 		return edit{open, open, []byte(member + ",")}
@@ -280,7 +304,8 @@ func usageEdit(body []byte, f *requestFacts) edit {
 	}
 }
 
-func isEmptyObject(body []byte, obj jsonscan.Span) bool {
+// isEmpty reports whether a valid object or array has no members or elements.
+func isEmpty(body []byte, obj jsonscan.Span) bool {
 	return len(bytes.TrimSpace(body[obj.Start+1:obj.End-1])) == 0
 }
 

@@ -111,29 +111,19 @@ func (m *arbstrMetrics) observeFirstEvent(p *provider, model string, d time.Dura
 	m.genAI.observeFirstToken(p, model, d)
 }
 
-// observeRequest counts a finished request. Requests refused before any
-// provider was chosen are counted under provider "" and model "" so that
-// client input never becomes a label.
+// observeRequest counts a finished request. A request no provider served
+// (refused before one was chosen, or every one failed) is counted under its
+// model when the config lists that name, else under "*", so that client
+// input never becomes a label and "every circuit open for gpt-4o" can be
+// alerted on.
 func (m *arbstrMetrics) observeRequest(ex *exchange, provider, model string, cost float64, costKnown bool) {
 	if m == nil {
 		return
 	}
-	switch {
-	case ex.provider != nil:
+	if ex.provider != nil {
 		model = metricModel(ex.provider, model)
-	case ex.facts != nil && len(ex.records) > 0:
-		// Every provider tried failed; one serving any model may have been
-		// tried, so the name is a label only when the config lists it.
-		label := "*"
-		for _, p := range ex.h.providers {
-			if p.listed(model) {
-				label = model
-				break
-			}
-		}
-		model = label
-	default:
-		model = ""
+	} else {
+		model = configuredModelLabel(ex.h.providers, model)
 	}
 	outcome := ex.outcome
 	if outcome == "" {
@@ -151,4 +141,15 @@ func (m *arbstrMetrics) observeRequest(ex *exchange, provider, model string, cos
 	if costKnown {
 		m.costSats.WithLabelValues(provider, model).Add(cost)
 	}
+}
+
+// configuredModelLabel is model when some provider's config lists it, else
+// "*" (a name only an any-model provider could serve, or none at all).
+func configuredModelLabel(providers []*provider, model string) string {
+	for _, p := range providers {
+		if p.listed(model) {
+			return model
+		}
+	}
+	return "*"
 }

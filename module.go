@@ -102,6 +102,7 @@ type Handler struct {
 	health          *healthRegistry
 	metrics         *arbstrMetrics
 	client          *http.Client
+	app             *App // the arbstr app: the ledger, shared by every handler
 	logger          *zap.Logger
 }
 
@@ -235,6 +236,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.metrics = m
 	h.client = newUpstreamClient()
+	if h.app, err = loadApp(ctx); err != nil {
+		return err
+	}
 	h.discovery = startDiscovery(h.providers, h.client, h.health, h.logger)
 	return nil
 }
@@ -351,6 +355,12 @@ func (p *Provider) validate() error {
 	}
 	if u.User != nil {
 		return fmt.Errorf("arbstr: provider %q: url must not contain credentials; use api_key", p.Name)
+	}
+	if strings.ContainsAny(p.URL, "?#") {
+		// /chat/completions is appended to the URL: after a query or a
+		// fragment it would not be part of the path. The query is not
+		// quoted: it may hold a key.
+		return fmt.Errorf("arbstr: provider %q: url %s has a query or fragment (after ? or #); give the base URL only, like https://host/v1", p.Name, u.Scheme+"://"+u.Host+u.Path)
 	}
 	if _, err := parseTier(p.Tier); err != nil {
 		return fmt.Errorf("arbstr: provider %q: %v", p.Name, err)

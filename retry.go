@@ -319,10 +319,9 @@ type delivery interface {
 
 // runPlan is the attempt planner, one for both paths: for each candidate,
 // for each try, send, classify, then retry, move on or stop.
-func (h *Handler) runPlan(ex *exchange, pl plan, d delivery) {
-	candidates := pl.candidates
+func (h *Handler) runPlan(ex *exchange, pl *plan, d delivery) {
 	tried := 0
-	for _, p := range candidates {
+	for p := pl.next(); p != nil; p = pl.next() {
 		if tried > 0 && h.retry.fallbacks >= 0 && tried > h.retry.fallbacks {
 			break
 		}
@@ -342,7 +341,8 @@ func (h *Handler) runPlan(ex *exchange, pl plan, d delivery) {
 	if len(ex.records) == 0 {
 		// Every candidate turned unavailable between choosing and trying
 		// (another request took the probe, or a circuit just opened).
-		ex.fail(errAllUnhealthy(ex.facts.model, h.firstRetry(candidates, ex.facts.model)))
+		// errAllUnhealthy rounds the wait up to at least 1s.
+		ex.fail(errAllUnhealthy(ex.facts.model, time.Until(firstRetry(pl.providers(), ex.facts.model, h.health.snapshot()))))
 		return
 	}
 	if wait, ok := allRateLimited(ex.records); ok {
@@ -369,17 +369,6 @@ func (h *Handler) sendTracked(ex *exchange, p *provider, t *ticket, body []byte,
 		class = classTimeout
 	}
 	return res, h.health.finish(t, class)
-}
-
-// firstRetry is how long until the first of the candidates may be tried.
-func (h *Handler) firstRetry(candidates []*provider, model string) time.Duration {
-	var first time.Time
-	for _, p := range candidates {
-		if ok, at := h.health.available(p, model); !ok && (first.IsZero() || at.Before(first)) {
-			first = at
-		}
-	}
-	return time.Until(first) // errAllUnhealthy rounds it up to at least 1s
 }
 
 // tryProvider runs the tries on one provider. It returns nextProvider to go

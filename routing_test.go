@@ -245,3 +245,23 @@ func TestRoutingAccessLogFieldsIntegration(t *testing.T) {
 		t.Errorf("arbstr_complexity = %v, want the score %.2f as a number", e["arbstr_complexity"], score)
 	}
 }
+
+func TestRoutingLedgerRowsIntegration(t *testing.T) {
+	local := tierStandin(t, &standin.Provider{Name: "local"})
+	standard := tierStandin(t, &standin.Provider{Name: "standard"})
+	frontier := tierStandin(t, &standin.Provider{Name: "frontier"})
+	db := filepath.Join(t.TempDir(), "ledger.db")
+	tc := startLedgerCaddy(t, "arbstr {\n\tledger sqlite "+db+"\n}", tierConfig(local, standard, frontier, ""))
+	resp := tc.Post("/v1/chat/completions", tierChat(tierHard, 8000))
+	_, _ = io.ReadAll(resp.Body)
+	score, _ := strconv.ParseFloat(resp.Header.Get("x-arbstr-complexity"), 64)
+	flushLedger(t)
+	var page requestsAnswer
+	if code := adminGet(t, tc, "/arbstr/requests", &page); code != 200 || len(page.Requests) != 1 {
+		t.Fatalf("GET /arbstr/requests: %d, %d rows (%s)", code, len(page.Requests), page.Error)
+	}
+	row := page.Requests[0]
+	if row.Tier != "frontier" || row.Complexity == nil || formatScore(*row.Complexity) != formatScore(score) {
+		t.Errorf("ledger row tier %q complexity %v, want frontier and %.2f", row.Tier, row.Complexity, score)
+	}
+}

@@ -430,7 +430,7 @@ func secRawRequest(t *testing.T, port int, method, path, body string, headers []
 var secSafeResponseHeaders = map[string]bool{
 	"Content-Type": true, "Content-Length": true, "Date": true, "Server": true,
 	"Cache-Control": true, "X-Accel-Buffering": true, "Retry-After": true, "X-Should-Retry": true,
-	"Trailer": true, "Vary": true,
+	"Trailer": true, "Vary": true, "X-Content-Type-Options": true,
 }
 
 // TestSecurityUpstreamHeadersFiltered: a provider's cookies, server banner
@@ -550,6 +550,11 @@ func TestSecurityProviderURLValidatedAtLoad(t *testing.T) {
 		"host.example/v1",
 		"http://user:sec-url-password@host.example/v1",
 		"https://sec-url-token@host.example/v1",
+		// /chat/completions would be appended after the query or fragment.
+		"https://host.example/v1?key=sec-url-token",
+		"https://host.example/v1?",
+		"https://host.example/v1#sec-url-token",
+		"https://host.example/v1#",
 	}
 	for _, u := range bad {
 		site := fmt.Sprintf("arbstr {\n\tprovider p {\n\t\turl %s\n\t}\n}", u)

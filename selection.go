@@ -20,6 +20,7 @@ type provider struct {
 	chatURL    string
 	modelsURL  string
 	apiKey     string
+	redactKey  []byte // apiKey, when long enough to be redacted from relayed answers
 	anyModel   bool
 	served     map[string]bool
 	upstream   map[string]string
@@ -75,6 +76,9 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 		rp.upstream[public] = up
 	}
 	rp.anyModel = len(rp.served) == 0 || rp.wildcard != ""
+	if len(key) >= minRedactedKey {
+		rp.redactKey = []byte(key)
+	}
 	return rp, nil
 }
 
@@ -158,32 +162,130 @@ type selectionInput struct {
 type availability func(p *provider, model string) hold
 
 // plan is the outcome of choose: the providers to try, cheapest first, and
-// the policy that applied.
+// the policy that applied. The candidates are ordered lazily: a request
+// usually needs only the first, and with a thousand providers sorting them
+// all would cost more than the rest of the request.
 type plan struct {
-	policy     *policy
-	candidates []*provider
+	policy *policy
+	queue  candidateQueue
+	// available filters the candidates as they are taken (nil: all are).
+	available availability
+	// every holds all the candidates, taken or not, available or not.
+	every []ranked
 	// pastCooldown: every candidate was held back by a 429 cooldown alone,
 	// so the one whose cooldown ends first is tried once anyway (SPEC §7:
 	// never worse than talking to it directly).
 	pastCooldown bool
 }
 
+// next returns the cheapest candidate not returned yet that is available,
+// or nil when none is left.
+func (pl *plan) next() *provider {
+	for {
+		r, ok := pl.queue.pop()
+		if !ok {
+			return nil
+		}
+		if pl.available == nil {
+			return r.p
+		}
+		if pl.available(r.p, pl.queue.model).free() {
+			return r.p
+		}
+	}
+}
+
+// all returns every candidate, in order. It is for tests and error
+// messages: it orders them all.
+func (pl plan) all() []*provider {
+	pl.queue.ranks = slices.Clone(pl.queue.ranks)
+	var out []*provider
+	for p := pl.next(); p != nil; p = pl.next() {
+		out = append(out, p)
+	}
+	return out
+}
+
+// ranked is a candidate and its expected cost.
+type ranked struct {
+	p    *provider
+	cost float64
+	// level orders tiers before cost when routing by tier (chooseTiered):
+	// 0 for the needed tier, 1 for the next one up…; always 0 otherwise.
+	level int8
+}
+
+// cheaper is the candidates' order: tier level, expected cost, then name, so
+// that equal costs come in the same order every time.
+func cheaper(a, b ranked) bool {
+	if a.level != b.level {
+		return a.level < b.level
+	}
+	if a.cost != b.cost {
+		return a.cost < b.cost
+	}
+	return a.p.name < b.p.name
+}
+
+// candidateQueue is a binary min-heap of candidates by cheaper: built in
+// O(n), each candidate taken in O(log n).
+type candidateQueue struct {
+	ranks []ranked
+	model string
+}
+
+func newCandidateQueue(ranks []ranked, model string) candidateQueue {
+	q := candidateQueue{ranks: ranks, model: model}
+	for i := len(ranks)/2 - 1; i >= 0; i-- {
+		q.down(i)
+	}
+	return q
+}
+
+// pop takes the cheapest candidate.
+func (q *candidateQueue) pop() (ranked, bool) {
+	n := len(q.ranks) - 1
+	if n < 0 {
+		return ranked{}, false
+	}
+	// Swapped, not overwritten: the backing array keeps every candidate
+	// (plan.every).
+	q.ranks[0], q.ranks[n] = q.ranks[n], q.ranks[0]
+	top := q.ranks[n]
+	q.ranks = q.ranks[:n]
+	q.down(0)
+	return top, true
+}
+
+func (q *candidateQueue) down(i int) {
+	h := q.ranks
+	for {
+		least := i
+		if l := 2*i + 1; l < len(h) && cheaper(h[l], h[least]) {
+			least = l
+		}
+		if r := 2*i + 2; r < len(h) && cheaper(h[r], h[least]) {
+			least = r
+		}
+		if least == i {
+			return
+		}
+		h[i], h[least] = h[least], h[i]
+		i = least
+	}
+}
+
 // choose applies SPEC §4: policy, candidates, expected-cost order. It is pure
-// apart from the availability snapshot it is handed.
+// apart from the availability snapshot it is handed. Only the candidates
+// taken from the plan are ordered and checked for availability (all of them
+// when none is available, to say when one will be).
 func choose(providers []*provider, policies []*policy, in selectionInput, available availability, now time.Time) (plan, *apiError) {
 	pol, perr := matchPolicy(policies, in)
 	if perr != nil {
 		return plan{}, perr
 	}
-	type ranked struct {
-		p    *provider
-		cost float64
-	}
-	var ranks []ranked
-	servedBySomeone, passedPolicy := false, false
-	var firstRetry time.Time
-	var soonest *provider // the held-back candidate free first
-	onlyCooldowns := true // every held-back candidate is held by a cooldown alone
+	ranks := make([]ranked, 0, len(providers))
+	servedBySomeone := false
 	for _, p := range providers {
 		if !p.serves(in.model) {
 			continue
@@ -192,43 +294,74 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 		if pol != nil && pol.maxOutputRate > 0 && p.outputRate > pol.maxOutputRate {
 			continue
 		}
-		passedPolicy = true
-		if available != nil {
-			if h := available(p, in.model); !h.free() {
-				onlyCooldowns = onlyCooldowns && h.cooldownOnly
-				if firstRetry.IsZero() || h.until.Before(firstRetry) ||
-					(h.until.Equal(firstRetry) && p.name < soonest.name) {
-					firstRetry, soonest = h.until, p
-				}
-				continue
-			}
-		}
-		ranks = append(ranks, ranked{p, p.expectedCost(in.inTokens, in.outTokens)})
+		ranks = append(ranks, ranked{p: p, cost: p.expectedCost(in.inTokens, in.outTokens)})
 	}
 	switch {
 	case !servedBySomeone:
 		return plan{}, errModelNotFound(in.model)
-	case !passedPolicy:
-		return plan{}, errPolicyExcludesAll(pol.name, in.model)
-	case len(ranks) == 0 && onlyCooldowns:
-		return plan{policy: pol, candidates: []*provider{soonest}, pastCooldown: true}, nil
 	case len(ranks) == 0:
-		return plan{}, errAllUnhealthy(in.model, firstRetry.Sub(now))
+		return plan{}, errPolicyExcludesAll(pol.name, in.model)
 	}
-	slices.SortFunc(ranks, func(a, b ranked) int {
-		switch {
-		case a.cost < b.cost:
-			return -1
-		case a.cost > b.cost:
-			return 1
+	pl := plan{policy: pol, queue: newCandidateQueue(ranks, in.model), available: available, every: ranks}
+	// The first available candidate decides between a plan and a 503.
+	if available == nil || pl.peekAvailable() {
+		return pl, nil
+	}
+	soonest, until, onlyCooldowns := soonestHeld(pl.providers(), in.model, available)
+	if onlyCooldowns {
+		one := []ranked{{p: soonest}}
+		return plan{policy: pol, queue: newCandidateQueue(one, in.model), every: one, pastCooldown: true}, nil
+	}
+	return plan{}, errAllUnhealthy(in.model, until.Sub(now))
+}
+
+// soonestHeld finds, among candidates that are all held back, the one free
+// first (ties by name), when that is, and whether 429 cooldowns alone hold
+// every one of them back.
+func soonestHeld(providers []*provider, model string, available availability) (soonest *provider, until time.Time, onlyCooldowns bool) {
+	onlyCooldowns = true
+	for _, p := range providers {
+		h := available(p, model)
+		onlyCooldowns = onlyCooldowns && (h.free() || h.cooldownOnly)
+		if soonest == nil || h.until.Before(until) || (h.until.Equal(until) && p.name < soonest.name) {
+			soonest, until = p, h.until
 		}
-		return strings.Compare(a.p.name, b.p.name)
-	})
-	out := plan{policy: pol, candidates: make([]*provider, len(ranks))}
-	for i, r := range ranks {
-		out.candidates[i] = r.p
 	}
-	return out, nil
+	return soonest, until, onlyCooldowns
+}
+
+// providers lists every candidate, taken or not, available or not, in no
+// particular order.
+func (pl *plan) providers() []*provider {
+	out := make([]*provider, len(pl.every))
+	for i, r := range pl.every {
+		out[i] = r.p
+	}
+	return out
+}
+
+// peekAvailable drops the unavailable candidates at the head of the queue
+// and reports whether an available one is left there.
+func (pl *plan) peekAvailable() bool {
+	q := &pl.queue
+	for len(q.ranks) > 0 {
+		if pl.available(q.ranks[0].p, q.model).free() {
+			return true
+		}
+		q.pop()
+	}
+	return false
+}
+
+// firstRetry is when the first of the providers may be tried again.
+func firstRetry(providers []*provider, model string, available availability) time.Time {
+	var first time.Time
+	for _, p := range providers {
+		if h := available(p, model); !h.free() && (first.IsZero() || h.until.Before(first)) {
+			first = h.until
+		}
+	}
+	return first
 }
 
 // matchPolicy finds the policy of a request: named by header (must exist and

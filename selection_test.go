@@ -245,7 +245,7 @@ func TestSelectionChoose(t *testing.T) {
 			pl, apiErr := choose(providers(t), policies, cfgInput(t, tc.header, tc.body), avail, now)
 			if tc.status != 0 {
 				if apiErr == nil {
-					t.Fatalf("got candidates %v, want %d %s", cfgNames(pl.candidates), tc.status, tc.code)
+					t.Fatalf("got candidates %v, want %d %s", cfgNames(pl.all()), tc.status, tc.code)
 				}
 				rec := httptest.NewRecorder()
 				apiErr.write(rec)
@@ -266,7 +266,7 @@ func TestSelectionChoose(t *testing.T) {
 			if apiErr != nil {
 				t.Fatalf("unexpected error %d %s: %s", apiErr.status, apiErr.code, apiErr.message)
 			}
-			if got := cfgNames(pl.candidates); !slices.Equal(got, tc.want) {
+			if got := cfgNames(pl.all()); !slices.Equal(got, tc.want) {
 				t.Errorf("candidates = %v, want %v", got, tc.want)
 			}
 			if pl.pastCooldown != tc.past {
@@ -300,7 +300,7 @@ func TestSelectionChooseModelServing(t *testing.T) {
 		if apiErr != nil {
 			t.Fatalf("%s: %s", model, apiErr.message)
 		}
-		if got := cfgNames(pl.candidates); !slices.Equal(got, want) {
+		if got := cfgNames(pl.all()); !slices.Equal(got, want) {
 			t.Errorf("%s: candidates %v, want %v", model, got, want)
 		}
 		// Config validation (policy allowed_models) must agree with routing.
@@ -326,7 +326,7 @@ func TestSelectionChooseDoesNotDependOnConfigOrder(t *testing.T) {
 		if apiErr != nil {
 			t.Fatal(apiErr.message)
 		}
-		if got := cfgNames(pl.candidates); !slices.Equal(got, []string{"a", "b", "c", "d"}) {
+		if got := cfgNames(pl.all()); !slices.Equal(got, []string{"a", "b", "c", "d"}) {
 			t.Fatalf("config order %v gave %v, want a b c d", cfgNames(ps), got)
 		}
 		ps = append(ps[1:], ps[0])

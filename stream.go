@@ -25,18 +25,27 @@ type chunkInfo struct {
 
 var doneMarker = []byte("[DONE]")
 
-// inspectChunk reads a chunk's error, finish_reason and usage in one pass.
+// inspectChunk reads a chunk's error, finish_reason and usage in one pass:
+// the choices are validated and searched for a finish_reason together.
 func inspectChunk(data []byte) chunkInfo {
 	var info chunkInfo
 	var choices, usageSpan jsonscan.Span
-	_, err := jsonscan.TopLevelObject(data, func(key []byte, v jsonscan.Span) error {
+	finishSeen := false // in the choices being read; they count if an array
+	_, err := jsonscan.Walk(data, func(key []byte, v jsonscan.Span) error {
 		switch string(key) {
 		case "error":
 			info.isError = v.Kind != jsonscan.Null
 		case "choices":
 			choices = v
+			info.finished = finishSeen && v.Kind == jsonscan.Array
+			finishSeen = false
 		case "usage":
 			usageSpan = v
+		}
+		return nil
+	}, "choices", func(key []byte, v jsonscan.Span) error {
+		if string(key) == "finish_reason" && v.Kind == jsonscan.String {
+			finishSeen = true
 		}
 		return nil
 	})
@@ -44,21 +53,7 @@ func inspectChunk(data []byte) chunkInfo {
 		return chunkInfo{}
 	}
 	info.valid = true
-	info.noChoices = true
-	if choices.Kind == jsonscan.Array {
-		_ = jsonscan.Elements(data, choices, func(c jsonscan.Span) error {
-			info.noChoices = false
-			if c.Kind == jsonscan.Object {
-				_ = jsonscan.Members(data, c, func(key []byte, v jsonscan.Span) error {
-					if string(key) == "finish_reason" && v.Kind == jsonscan.String {
-						info.finished = true
-					}
-					return nil
-				})
-			}
-			return nil
-		})
-	}
+	info.noChoices = choices.Kind != jsonscan.Array || isEmpty(data, choices)
 	if usageSpan.Kind == jsonscan.Object {
 		info.usage = usageFrom(data, usageSpan)
 		info.usageOnly = info.noChoices
@@ -131,8 +126,9 @@ type pump struct {
 	flushErr error // the client could not be written to
 	// idleTimer runs only while waiting for the provider: time spent
 	// blocked on a slow client is not the provider's silence.
-	idleTimer *time.Timer
-	idle      time.Duration
+	idleTimer    *time.Timer
+	idle         time.Duration
+	idleDeadline time.Time // when the idle timer fires, while it runs
 }
 
 func (p *pump) run(first []byte, info chunkInfo) attemptResult {
@@ -153,6 +149,7 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 				return p.clientGone()
 			}
 		}
+		p.idleDeadline = time.Now().Add(p.idle)
 		p.idleTimer.Reset(p.idle)
 		ev, err := p.sc.Next()
 		p.idleTimer.Stop()
@@ -211,6 +208,7 @@ func (p *pump) write(data []byte) bool {
 // that arrived together go out in one flush, as reverse_proxy sends them,
 // and none waits for a later one.
 func (p *pump) send(data []byte) bool {
+	data = p.at.provider.redact(data)
 	p.out = append(p.out[:0], "data: "...)
 	if bytes.IndexByte(data, '\n') < 0 {
 		p.out = append(p.out, data...)
@@ -226,12 +224,22 @@ func (p *pump) send(data []byte) bool {
 }
 
 // flushBeforeRead flushes what was written before the scanner waits for
-// the provider, with the idle timer held: a flush blocked by a slow client
-// must not count as the provider's silence.
+// the provider. The idle deadline moves by the time the flush took: a flush
+// blocked by a slow client is not the provider's silence. Reads themselves
+// leave the timer alone: only a data event resets it (run), so comments,
+// pings and partial bytes cannot hold a stream open (SPEC §8).
 func (p *pump) flushBeforeRead() error {
-	p.idleTimer.Stop()
-	defer p.idleTimer.Reset(p.idle)
-	return p.flushPending()
+	if !p.pending {
+		return nil
+	}
+	if !p.idleTimer.Stop() {
+		return p.flushPending() // the timer fired: the attempt is cancelled
+	}
+	start := time.Now()
+	err := p.flushPending()
+	p.idleDeadline = p.idleDeadline.Add(time.Since(start))
+	p.idleTimer.Reset(time.Until(p.idleDeadline))
+	return err
 }
 
 // flushPending flushes the events written since the last flush.
@@ -314,7 +322,8 @@ func (p *pump) abort() { p.ex.aborted = true }
 
 // commitStream writes the head of a streaming response.
 func (ex *exchange) commitStream(p *provider, status int) {
-	ex.provider, ex.outcome = p, "ok"
+	ex.provider, ex.outcome, ex.status = p, "ok", status
+	ex.firstEvent = time.Since(ex.start)
 	ex.setCommonHeaders(p)
 	hdr := ex.w.Header()
 	hdr.Set("Content-Type", "text/event-stream")

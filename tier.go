@@ -108,9 +108,10 @@ func groupByTier(providers []*provider) [tierCount][]*provider {
 // down. Only when no tier at or above need has a free candidate does a
 // provider held back by a 429 cooldown alone get its one try (the lowest
 // tier's, as choose picks it). Policies and price caps apply in every tier,
-// since each tier's list is choose's own.
+// since each tier's candidates are choose's own.
 func chooseTiered(byTier [tierCount][]*provider, policies []*policy, in selectionInput, need tier, available availability, now time.Time) (plan, *apiError) {
-	var out plan
+	var ranks []ranked
+	var pol *policy
 	var held *plan
 	var unhealthy, excluded *apiError
 	for t := need; t < tierCount; t++ {
@@ -124,8 +125,11 @@ func chooseTiered(byTier [tierCount][]*provider, policies []*policy, in selectio
 				held = &pl
 			}
 		case err == nil:
-			out.policy = pl.policy
-			out.candidates = append(out.candidates, pl.candidates...)
+			pol = pl.policy
+			for _, r := range pl.every {
+				r.level = int8(t - need)
+				ranks = append(ranks, r)
+			}
 		case err.code == "model_not_found":
 		case err.code == "providers_unavailable":
 			if unhealthy == nil || err.retryAfter < unhealthy.retryAfter {
@@ -138,8 +142,8 @@ func chooseTiered(byTier [tierCount][]*provider, policies []*policy, in selectio
 		}
 	}
 	switch {
-	case len(out.candidates) > 0:
-		return out, nil
+	case len(ranks) > 0:
+		return plan{policy: pol, queue: newCandidateQueue(ranks, in.model), available: available, every: ranks}, nil
 	case held != nil:
 		return *held, nil
 	case unhealthy != nil:

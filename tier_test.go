@@ -76,7 +76,7 @@ func TestTierChooseTiered(t *testing.T) {
 			pl, apiErr := chooseTiered(byTier, policies, in, tc.need, tc.health.available, now)
 			if tc.status != 0 {
 				if apiErr == nil {
-					t.Fatalf("got plan %v, want error %d %s", cfgNames(pl.candidates), tc.status, tc.code)
+					t.Fatalf("got plan %v, want error %d %s", cfgNames(pl.all()), tc.status, tc.code)
 				}
 				if apiErr.status != tc.status || apiErr.code != tc.code {
 					t.Fatalf("got error %d %s (%s), want %d %s", apiErr.status, apiErr.code, apiErr.message, tc.status, tc.code)
@@ -86,7 +86,7 @@ func TestTierChooseTiered(t *testing.T) {
 			if apiErr != nil {
 				t.Fatalf("unexpected error %d %s", apiErr.status, apiErr.message)
 			}
-			if got := cfgNames(pl.candidates); !slices.Equal(got, tc.want) || pl.pastCooldown != tc.past {
+			if got := cfgNames(pl.all()); !slices.Equal(got, tc.want) || pl.pastCooldown != tc.past {
 				t.Errorf("got %v (pastCooldown %v), want %v (pastCooldown %v)", got, pl.pastCooldown, tc.want, tc.past)
 			}
 		})

@@ -2,11 +2,15 @@
 # The project's test command (README "Quick start", docs/development.md); .ci/run runs it too.
 # Unit and integration tests (in-process Caddy on free ports of 127.0.0.1)
 # under the race detector, short runs of every fuzz target, then the
-# end-to-end tests that drive the built binary with the official SDKs.
+# end-to-end tests that drive the built binary with the official SDKs, and
+# a build of Caddy with xcaddy, as a user builds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZTIME=${FUZZTIME:-10s}
+# The dashboard's browser tests fail instead of skipping when chromium is
+# missing (PostgreSQL tests always fail when the database is down).
+export ARBSTR_REQUIRE_BROWSER=1
 
 echo "== go vet"
 go vet ./...
@@ -29,5 +33,10 @@ done
 echo "== end-to-end tests"
 e2e/run.sh
 
+echo "== xcaddy build (as a user builds Caddy with arbstr)"
+xcaddy_out=$(mktemp -d "${TMPDIR:-/tmp}/arbstr-xcaddy.XXXXXX")
+trap 'rm -rf "$xcaddy_out"' EXIT
+scripts/build-with-xcaddy.sh "$xcaddy_out/caddy"
+
 # Each stage above stops the script on its first failure (set -e).
-echo "stages: 4 passed, 0 failed"
+echo "stages: 5 passed, 0 failed"

@@ -1,3 +1,7 @@
+// Package standin is arbstr's stand-in provider: the Caddy module
+// http.handlers.arbstr_standin (Caddyfile directive arbstr_standin), a fake
+// OpenAI-compatible provider with injectable latency and faults, for demos,
+// tests and benchmarks. Import it (blank) in a Caddy build to register it.
 package standin
 
 import (

@@ -96,10 +96,10 @@ func (s *scanner) value(i int) (Span, error) {
 	switch c := s.b[i]; {
 	case c == '{':
 		kind = Object
-		end, err = s.object(i, nil)
+		end, err = s.object(i, nil, "", nil)
 	case c == '[':
 		kind = Array
-		end, err = s.array(i, nil)
+		end, err = s.array(i, nil, nil)
 	case c == '"':
 		kind = String
 		end, err = s.str(i)
@@ -248,8 +248,9 @@ func (s *scanner) digits(i int) int {
 type FieldFunc func(key []byte, v Span) error
 
 // object validates an object starting at i, calling fn (if not nil) for each
-// member, and returns the index after its closing brace.
-func (s *scanner) object(i int, fn FieldFunc) (int, error) {
+// member, and returns the index after its closing brace. The value of the
+// member named innerKey has its members reported to inner (see Walk).
+func (s *scanner) object(i int, fn FieldFunc, innerKey string, inner FieldFunc) (int, error) {
 	if s.depth++; s.depth > MaxDepth {
 		return 0, ErrMaxDepth
 	}
@@ -267,7 +268,7 @@ func (s *scanner) object(i int, fn FieldFunc) (int, error) {
 			return 0, err
 		}
 		key := s.b[i+1 : keyEnd-1]
-		if fn != nil && bytes.IndexByte(key, '\\') >= 0 {
+		if (fn != nil || inner != nil) && bytes.IndexByte(key, '\\') >= 0 {
 			// A provider's parser reads "mod\u0065l" as "model" and would
 			// take its value: arbstr must see the same key.
 			key = decodeKey(s.b[i:keyEnd])
@@ -276,7 +277,7 @@ func (s *scanner) object(i int, fn FieldFunc) (int, error) {
 		if i >= len(s.b) || s.b[i] != ':' {
 			return 0, s.syntaxError(i, "a colon")
 		}
-		v, err := s.value(s.skipSpace(i + 1))
+		v, err := s.memberValue(s.skipSpace(i+1), inner != nil && string(key) == innerKey, inner)
 		if err != nil {
 			return 0, err
 		}
@@ -309,9 +310,33 @@ func decodeKey(quoted []byte) []byte {
 	return []byte(k)
 }
 
+// memberValue validates a member's value at i. With into, the members of an
+// object value, or of an array value's object elements, go to inner.
+func (s *scanner) memberValue(i int, into bool, inner FieldFunc) (Span, error) {
+	if !into || i >= len(s.b) {
+		return s.value(i)
+	}
+	switch s.b[i] {
+	case '{':
+		end, err := s.object(i, inner, "", nil)
+		if err != nil {
+			return Span{}, err
+		}
+		return Span{i, end, Object}, nil
+	case '[':
+		end, err := s.array(i, nil, inner)
+		if err != nil {
+			return Span{}, err
+		}
+		return Span{i, end, Array}, nil
+	}
+	return s.value(i)
+}
+
 // array validates an array starting at i, calling fn (if not nil) for each
-// element, and returns the index after its closing bracket.
-func (s *scanner) array(i int, fn func(v Span) error) (int, error) {
+// element and objectMembers (if not nil) for each member of each element
+// that is an object, and returns the index after its closing bracket.
+func (s *scanner) array(i int, fn func(v Span) error, objectMembers FieldFunc) (int, error) {
 	if s.depth++; s.depth > MaxDepth {
 		return 0, ErrMaxDepth
 	}
@@ -321,7 +346,7 @@ func (s *scanner) array(i int, fn func(v Span) error) (int, error) {
 		return i + 1, nil
 	}
 	for {
-		v, err := s.value(i)
+		v, err := s.element(i, objectMembers)
 		if err != nil {
 			return 0, err
 		}
@@ -345,9 +370,34 @@ func (s *scanner) array(i int, fn func(v Span) error) (int, error) {
 	}
 }
 
+// element validates the array element at i, reporting an object's members
+// to objectMembers when it is not nil.
+func (s *scanner) element(i int, objectMembers FieldFunc) (Span, error) {
+	if objectMembers == nil || i >= len(s.b) || s.b[i] != '{' {
+		return s.value(i)
+	}
+	end, err := s.object(i, objectMembers, "", nil)
+	if err != nil {
+		return Span{}, err
+	}
+	return Span{i, end, Object}, nil
+}
+
 // TopLevelObject validates that b is exactly one JSON object (surrounding
 // space allowed) and calls fn for each of its members.
 func TopLevelObject(b []byte, fn FieldFunc) (Span, error) {
+	return Walk(b, fn, "", nil)
+}
+
+// Walk is TopLevelObject that also looks inside the value of the top-level
+// member named key, in the same pass: inner is called for each member of
+// that value when it is an object, or of each of its elements that is an
+// object when it is an array (as for "choices": [{...}, ...]). A value is
+// read once, where TopLevelObject followed by Elements and Members would
+// read it three times. inner's calls for a member come before fn's; they
+// are made for every member named key (a key may repeat), and for a value
+// that turns out to be invalid JSON further on.
+func Walk(b []byte, fn FieldFunc, key string, inner FieldFunc) (Span, error) {
 	s := &scanner{b: b}
 	i := s.skipSpace(0)
 	if i >= len(b) {
@@ -360,7 +410,7 @@ func TopLevelObject(b []byte, fn FieldFunc) (Span, error) {
 		}
 		return Span{}, fmt.Errorf("the body is a JSON %s; send a JSON object", v.Kind)
 	}
-	end, err := s.object(i, fn)
+	end, err := s.object(i, fn, key, inner)
 	if err != nil {
 		return Span{}, err
 	}
@@ -373,13 +423,13 @@ func TopLevelObject(b []byte, fn FieldFunc) (Span, error) {
 // Members calls fn for each member of an object already validated.
 func Members(b []byte, obj Span, fn FieldFunc) error {
 	s := &scanner{b: b, trusted: true}
-	_, err := s.object(obj.Start, fn)
+	_, err := s.object(obj.Start, fn, "", nil)
 	return err
 }
 
 // Elements calls fn for each element of an array already validated.
 func Elements(b []byte, arr Span, fn func(v Span) error) error {
 	s := &scanner{b: b, trusted: true}
-	_, err := s.array(arr.Start, fn)
+	_, err := s.array(arr.Start, fn, nil)
 	return err
 }

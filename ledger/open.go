@@ -1,0 +1,237 @@
+package ledger
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
+)
+
+// Drivers Open knows.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
+)
+
+//go:embed migrations
+var migrationFiles embed.FS
+
+// SQLStore is the Store of both drivers: the same schema and queries, with
+// the few dialect differences (parameter markers, locking) kept here.
+type SQLStore struct {
+	db     *sql.DB
+	driver string
+
+	// migrated is set once the schema is current. A PostgreSQL that is
+	// down at start is migrated on first use instead of failing the config.
+	migrateMu sync.Mutex
+	migrated  bool
+}
+
+// Open returns the store of driver (sqlite or postgres) at dsn, its schema
+// migrated. For sqlite, dsn is a file path (its directory is created). For
+// postgres, dsn is a connection URL or keyword string; when the server is
+// unreachable Open still succeeds and the schema is migrated on first use,
+// so that a database outage never stops Caddy from starting.
+func Open(ctx context.Context, driver, dsn string) (*SQLStore, error) {
+	var db *sql.DB
+	var err error
+	switch driver {
+	case DriverSQLite:
+		db, err = openSQLite(dsn)
+	case DriverPostgres:
+		db, err = sql.Open("pgx", dsn)
+		if err == nil {
+			db.SetMaxOpenConns(8)
+			db.SetConnMaxIdleTime(5 * time.Minute)
+		}
+	default:
+		return nil, fmt.Errorf("ledger: unknown driver %q; use sqlite or postgres", driver)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ledger: opening %s: %w", driver, err)
+	}
+	s := &SQLStore{db: db, driver: driver}
+	if err := s.ensureMigrated(ctx); err != nil && driver == DriverSQLite {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// openSQLite opens a SQLite file in WAL mode, where readers never wait for
+// the writer; busy_timeout makes a second process wait for the write lock
+// instead of failing, and immediate transactions take it up front.
+func openSQLite(file string) (*sql.DB, error) {
+	if file == "" {
+		return nil, fmt.Errorf("no database file given")
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return nil, err
+	}
+	dsn := "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	return sql.Open("sqlite", dsn)
+}
+
+// DB is the database handle, for features that keep their own tables.
+func (s *SQLStore) DB() *sql.DB { return s.db }
+
+// Driver is sqlite or postgres.
+func (s *SQLStore) Driver() string { return s.driver }
+
+// Rebind turns the ? parameter markers of a query into the driver's own
+// ($1, $2, … for PostgreSQL). Queries are written with ? only.
+func (s *SQLStore) Rebind(query string) string {
+	if s.driver != DriverPostgres {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for i := 0; i < len(query); i++ {
+		if query[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(query[i])
+	}
+	return b.String()
+}
+
+// Close closes the database handle.
+func (s *SQLStore) Close() error { return s.db.Close() }
+
+// ensureMigrated runs the migrations once; after a failure the next call
+// tries again.
+func (s *SQLStore) ensureMigrated(ctx context.Context) error {
+	s.migrateMu.Lock()
+	defer s.migrateMu.Unlock()
+	if s.migrated {
+		return nil
+	}
+	if err := migrate(ctx, s.db, s.driver); err != nil {
+		return fmt.Errorf("ledger: migrating the %s schema: %w", s.driver, err)
+	}
+	s.migrated = true
+	return nil
+}
+
+// migration is one embedded file, migrations/<driver>/NNNN_name.sql.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrationsFor lists a driver's migrations in version order. A file name
+// must start with its version number: 0001_requests.sql, 0002_budgets.sql.
+func migrationsFor(driver string) ([]migration, error) {
+	dir := path.Join("migrations", driver)
+	entries, err := fs.ReadDir(migrationFiles, dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []migration
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".sql") {
+			continue
+		}
+		num, _, ok := strings.Cut(name, "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("migration %s: the name must start with a version number, as in 0002_name.sql", name)
+		}
+		body, err := fs.ReadFile(migrationFiles, path.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, migration{version: v, name: name, sql: string(body)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].version < out[j].version })
+	for i := 1; i < len(out); i++ {
+		if out[i].version == out[i-1].version {
+			return nil, fmt.Errorf("migrations %s and %s share version %d", out[i-1].name, out[i].name, out[i].version)
+		}
+	}
+	return out, nil
+}
+
+// migrate applies the migrations not yet in schema_migrations, each in its
+// own transaction with its version row. Several processes may start at
+// once: PostgreSQL serialises them with an advisory lock, SQLite with its
+// write lock (immediate transactions), and each migration checks again
+// inside its transaction whether another process applied it meanwhile.
+func migrate(ctx context.Context, db *sql.DB, driver string) error {
+	list, err := migrationsFor(driver)
+	if err != nil {
+		return err
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if driver == DriverPostgres {
+		const lockKey = 7246110401 // arbstr ledger migrations
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", lockKey); err != nil {
+			return err
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", lockKey)
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version INTEGER NOT NULL PRIMARY KEY,
+		name TEXT NOT NULL,
+		applied_at BIGINT NOT NULL)`); err != nil {
+		return err
+	}
+	mark := "?"
+	if driver == DriverPostgres {
+		mark = "$1"
+	}
+	for _, m := range list {
+		if err := applyMigration(ctx, conn, driver, mark, m); err != nil {
+			return fmt.Errorf("%s: %w", m.name, err)
+		}
+	}
+	return nil
+}
+
+func applyMigration(ctx context.Context, conn *sql.Conn, driver, mark string, m migration) error {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM schema_migrations WHERE version = "+mark, m.version).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+		return err
+	}
+	insert := "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)"
+	if driver == DriverPostgres {
+		insert = "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)"
+	}
+	if _, err := tx.ExecContext(ctx, insert, m.version, m.name, time.Now().UnixMilli()); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
