@@ -61,7 +61,17 @@ type App struct {
 	// caddy_arbstr_ledger_dropped_total. Default: 10000.
 	Queue int `json:"queue,omitempty"`
 
-	// BUDGETS (issue 13): budget fields go here.
+	// Budgets are spend caps checked before any upstream call (SPEC §12),
+	// kept in the ledger's database.
+	Budgets []*BudgetConfig `json:"budgets,omitempty"`
+
+	// BudgetLease is how long a reservation holds budget without being
+	// renewed: a process that dies mid-request stops holding budget after
+	// it. Running requests renew theirs every lease/3. JSON only; default
+	// 5m, at most 10m.
+	BudgetLease caddy.Duration `json:"budget_lease,omitempty"`
+
+	budgets *budgetSet // nil without budgets
 
 	logger        *zap.Logger
 	ledger        *pooledLedger // nil when the ledger is off
@@ -130,7 +140,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	switch driver {
 	case "off":
-		return nil
+		return a.provisionBudgets()
 	case ledger.DriverSQLite:
 		if dsn == "" {
 			dsn = filepath.Join(caddy.AppDataDir(), "arbstr", "ledger.db")
@@ -164,7 +174,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("arbstr: opening the ledger: %w", err)
 	}
 	a.ledger = val.(*pooledLedger)
-	return nil
+	return a.provisionBudgets()
 }
 
 // Validate refuses settings that cannot work.
@@ -221,6 +231,7 @@ func (a *App) retain() {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		n, err := a.ledger.store.DeleteBefore(ctx, time.Now().Add(-time.Duration(a.Retention)))
+		a.sweepBudgets(ctx)
 		cancel()
 		if err != nil {
 			a.logger.Warn("ledger retention: deleting old rows failed; trying again later", zap.Error(err))
@@ -350,9 +361,14 @@ func parseAppOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if d.NextArg() {
 				return nil, d.ArgErr()
 			}
-		// BUDGETS (issue 13): parse `budget NAME { … }` blocks here.
+		case "budget":
+			c, err := parseBudget(d)
+			if err != nil {
+				return nil, err
+			}
+			app.Budgets = append(app.Budgets, c)
 		default:
-			return nil, d.Errf("unknown arbstr global option %q; known: ledger, retention, client_id, queue", d.Val())
+			return nil, d.Errf("unknown arbstr global option %q; known: ledger, retention, client_id, queue, budget", d.Val())
 		}
 	}
 	return httpcaddyfile.App{Name: "arbstr", Value: caddyconfig.JSON(app, nil)}, nil

@@ -25,8 +25,9 @@ type exchange struct {
 
 	provider *provider // the provider that answered, when one did
 	usage    usage
-	outcome  string // for metrics and logs: ok, relayed, error, client_gone, broken_stream
-	aborted  bool   // the response must be cut, not ended cleanly
+	outcome  string      // for metrics and logs: ok, relayed, error, client_gone, broken_stream
+	aborted  bool        // the response must be cut, not ended cleanly
+	budget   *budgetHold // the request's budget reservation, when admitted against budgets
 
 	// For the ledger row (ledger_row.go).
 	plan       *plan         // the policy and the providers that qualified
@@ -169,6 +170,7 @@ func (ex *exchange) account() {
 	ex.logFields(providerName, model, cost, costKnown)
 	ex.h.metrics.observeRequest(ex, providerName, model, cost, costKnown)
 	ex.recordInLedger(providerName, model, cost, costKnown)
+	ex.settleBudget(cost, costKnown)
 }
 
 // setPlaceholders publishes {http.arbstr.*}. It runs before the response

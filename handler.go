@@ -114,6 +114,9 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ex.plan = &pl
+	if !ex.admitBudget(&pl) {
+		return
+	}
 	var d delivery = bufferedDelivery{}
 	if facts.stream {
 		d = &streamDelivery{}
