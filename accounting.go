@@ -43,7 +43,7 @@ func usageFrom(b []byte, obj jsonscan.Span) usage {
 // config lists it, "*" when the provider serves any model (so that client
 // input never creates label values).
 func metricModel(p *provider, model string) string {
-	if p != nil && p.served[model] {
+	if p != nil && p.listed(model) {
 		return model
 	}
 	return "*"
@@ -76,6 +76,12 @@ func (ex *exchange) logFields(providerName, model string, cost float64, costKnow
 	}
 	if ex.continuations > 0 {
 		extra.Set(zap.Int("arbstr_continuations", ex.continuations))
+	}
+	if ex.complexity != nil {
+		extra.Set(zap.Float64("arbstr_complexity", *ex.complexity))
+	}
+	if ex.tier != "" {
+		extra.Set(zap.String("arbstr_tier", ex.tier))
 	}
 }
 

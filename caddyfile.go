@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -39,6 +40,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			base_fee     <sats per request>
 //			prefill                             # continues a partial assistant message (finishes broken streams)
 //			context      <tokens>               # context window; larger requests skip this provider
+//			tier         local|standard|frontier   # default standard
+//			discover     [<interval>]           # read models from GET {url}/models; default 5m
 //		}
 //		policy <name> {
 //			allowed_models  <models...>
@@ -62,6 +65,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_body            <size>      # default 16MB
 //		cooldown_max        <duration>  # default 5m: longest a 429 keeps a provider away
 //		continuations       <n>         # broken streams finished by a prefill provider; default 2, 0 off
+//		complexity {                      # route by request complexity to provider tiers
+//			low     <score 0..1>            # default 0.3: below it, tier local suffices
+//			high    <score 0..1>            # default 0.7: above it, tier frontier is needed
+//			weights <signal> <0..1> ...     # signals prompt code reasoning depth output;
+//			                                # defaults 0.55 0.45 0.6 0.35 0.5
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -92,8 +101,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if n, err = intArg(d, 0); err == nil {
 				h.Continuations = &n
 			}
+		case "complexity":
+			err = h.parseComplexity(d)
 		default:
-			return d.Errf("unknown subdirective %q; expected provider, policy, retry, breaker, timeout, attempt_timeout, first_event_timeout, stream_idle_timeout, max_body, cooldown_max or continuations", d.Val())
+			return d.Errf("unknown subdirective %q; expected provider, policy, retry, breaker, timeout, attempt_timeout, first_event_timeout, stream_idle_timeout, max_body, cooldown_max, continuations or complexity", d.Val())
 		}
 		if err != nil {
 			return err
@@ -192,8 +203,32 @@ func (p *Provider) parseOption(d *caddyfile.Dispenser) error {
 			return err
 		}
 		p.Context = n
+	case "tier":
+		v, err := singleArg(d)
+		if err != nil {
+			return err
+		}
+		if _, terr := parseTier(v); terr != nil {
+			return d.Errf("provider %q: %v", p.Name, terr)
+		}
+		p.Tier = v
+	case "discover":
+		args := d.RemainingArgs()
+		interval := caddy.Duration(0)
+		switch len(args) {
+		case 0:
+		case 1:
+			dur, perr := caddy.ParseDuration(args[0])
+			if perr != nil || dur <= 0 {
+				return d.Errf("discover: %q is not a duration like 30s or 5m", args[0])
+			}
+			interval = caddy.Duration(dur)
+		default:
+			return d.Errf("discover takes at most one argument: the interval, e.g. 'discover 5m'")
+		}
+		p.Discover = &interval
 	default:
-		return d.Errf("unknown provider option %q; expected url, api_key, models, model, input_rate, output_rate, base_fee, prefill or context", opt)
+		return d.Errf("unknown provider option %q; expected url, api_key, models, model, input_rate, output_rate, base_fee, prefill, context, tier or discover", opt)
 	}
 	return nil
 }
@@ -385,4 +420,73 @@ func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 		return 0, d.Errf("%s: %q is not a duration like 500ms, 10s or 1m", name, v)
 	}
 	return caddy.Duration(dur), nil
+}
+
+func (h *Handler) parseComplexity(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if h.Complexity == nil {
+		h.Complexity = &ComplexityConfig{}
+	}
+	c := h.Complexity
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch opt := d.Val(); opt {
+		case "low", "high":
+			v, err := unitArg(d, opt)
+			if err != nil {
+				return err
+			}
+			if opt == "low" {
+				c.Low = &v
+			} else {
+				c.High = &v
+			}
+		case "weights":
+			if err := c.parseWeights(d); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unknown complexity option %q; expected low, high or weights", opt)
+		}
+	}
+	if err := c.validate(); err != nil {
+		return d.Errf("%v", err)
+	}
+	return nil
+}
+
+func (c *ComplexityConfig) parseWeights(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 || len(args)%2 != 0 {
+		return d.Errf("weights takes pairs: <signal> <weight>, e.g. 'weights code 0.5 reasoning 0.7'; signals: prompt, code, reasoning, depth, output")
+	}
+	if c.Weights == nil {
+		c.Weights = &ComplexityWeights{}
+	}
+	fields := c.Weights.fields()
+	for i := 0; i < len(args); i += 2 {
+		idx := slices.Index(complexitySignalNames[:], args[i])
+		if idx < 0 {
+			return d.Errf("weights: unknown signal %q; expected prompt, code, reasoning, depth or output", args[i])
+		}
+		v, err := strconv.ParseFloat(args[i+1], 64)
+		if err != nil || !inUnit(v) {
+			return d.Errf("weights: %s: %q is not a number in [0, 1]", args[i], args[i+1])
+		}
+		*fields[idx] = &v
+	}
+	return nil
+}
+
+func unitArg(d *caddyfile.Dispenser, name string) (float64, error) {
+	v, err := singleArg(d)
+	if err != nil {
+		return 0, err
+	}
+	f, perr := strconv.ParseFloat(v, 64)
+	if perr != nil || !inUnit(f) {
+		return 0, d.Errf("%s: %q is not a number in [0, 1]", name, v)
+	}
+	return f, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -255,6 +256,14 @@ var cfgBadCases = []cfgBadCase{
 	{"fallbacks negative", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tretry {\n\t\tfallbacks -1 # BAD\n\t}\n}", []string{"fallbacks", "'all'"}},
 	{"fallbacks two args", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tretry {\n\t\tfallbacks 1 2 # BAD\n\t}\n}", []string{"fallbacks"}},
 	{"argument after arbstr", "arbstr extra { # BAD\n\tprovider a {\n\t\turl http://h/v1\n\t}\n}", []string{"extra"}},
+	{"unknown tier", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t\ttier premium # BAD\n\t}\n}", []string{`"premium"`, "local, standard, frontier"}},
+	{"bad discover interval", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t\tdiscover often # BAD\n\t}\n}", []string{"discover", `"often"`, "5m"}},
+	{"complexity low out of range", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tcomplexity {\n\t\tlow 3 # BAD\n\t}\n}", []string{"low", `"3"`, "[0, 1]"}},
+	{"complexity low above high", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tcomplexity {\n\t\tlow 0.8 # BAD\n\t\thigh 0.5\n\t} # END\n}", []string{"low ≤ high"}},
+	{"complexity unknown signal", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tcomplexity {\n\t\tweights code 0.5 vibes 1 # BAD\n\t}\n}", []string{`"vibes"`, "prompt, code, reasoning, depth or output"}},
+	{"complexity odd weights", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tcomplexity {\n\t\tweights code # BAD\n\t}\n}", []string{"pairs"}},
+	{"complexity weight out of range", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tcomplexity {\n\t\tweights code 2 # BAD\n\t}\n}", []string{"code", `"2"`, "[0, 1]"}},
+	{"unknown in complexity", "arbstr {\n\tprovider a {\n\t\turl http://h/v1\n\t}\n\tcomplexity {\n\t\tmedium 0.5 # BAD\n\t}\n}", []string{`"medium"`, "expected low, high or weights"}},
 }
 
 // cfgMarkerLines returns the 1-based lines of the # BAD and # END markers,
@@ -340,6 +349,14 @@ func TestCaddyfileJSONValidateRefuses(t *testing.T) {
 		{"negative max_body", func(h *Handler) { h.MaxBody = -1 }, "max_body"},
 		{"negative cooldown_max", func(h *Handler) { h.CooldownMax = -1 }, "cooldown_max must not be negative"},
 		{"negative fallbacks", func(h *Handler) { h.Retry = &RetryConfig{Fallbacks: &Fallbacks{N: -1}} }, "fallbacks"},
+		{"unknown tier", func(h *Handler) { h.Providers[0].Tier = "gold" }, "not one of local, standard, frontier"},
+		{"negative discover", func(h *Handler) { d := caddy.Duration(-1); h.Providers[0].Discover = &d }, "discover interval must not be negative"},
+		{"complexity high out of range", func(h *Handler) { v := 1.5; h.Complexity = &ComplexityConfig{High: &v} }, "[0, 1]"},
+		{"complexity without a frontier provider", func(h *Handler) { h.Complexity = &ComplexityConfig{} }, "mark one 'tier frontier' or set 'high 1'"},
+		{"complexity weight NaN", func(h *Handler) {
+			v := math.NaN()
+			h.Complexity = &ComplexityConfig{Weights: &ComplexityWeights{Depth: &v}}
+		}, "weight depth"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -42,6 +42,11 @@ type exchange struct {
 	finalOutcome   string        // set by a continuation: the request's outcome
 	contextRefusal *relayedResponse
 	contextRefuser *provider // who sent contextRefusal
+
+	// complexity is the request's score when a complexity block is set;
+	// tier is the serving provider's tier when routing by tier (SPEC §14).
+	complexity *float64
+	tier       string
 }
 
 func (ex *exchange) remaining() time.Duration { return time.Until(ex.deadline) }
@@ -82,6 +87,10 @@ func (ex *exchange) setCommonHeaders(p *provider) {
 	hdr := ex.w.Header()
 	if p != nil {
 		hdr.Set(headerProvider, p.name)
+		if ex.h.tiered {
+			ex.tier = p.tier.String()
+			hdr.Set(headerTier, ex.tier)
+		}
 	}
 	hdr.Set(headerLatency, strconv.FormatInt(time.Since(ex.start).Milliseconds(), 10))
 	if len(ex.records) > 0 {
@@ -194,4 +203,6 @@ func (ex *exchange) setPlaceholders() {
 	repl.Set("http.arbstr.request_id", ex.requestID)
 	repl.Set("http.arbstr.provider", providerName)
 	repl.Set("http.arbstr.cost_sats", cost)
+	repl.Set("http.arbstr.complexity", ex.complexityText())
+	repl.Set("http.arbstr.tier", ex.tier)
 }

@@ -108,7 +108,7 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 	if ex.idempotencyKey == "" {
 		ex.idempotencyKey = ex.requestID
 	}
-	pl, apiErr := choose(h.providers, h.policies, selectionInputFor(r, facts, h.keywordPolicies), h.health.snapshot(), time.Now())
+	pl, apiErr := h.choosePlan(ex, selectionInputFor(r, facts, h.keywordPolicies))
 	if apiErr != nil {
 		ex.fail(apiErr)
 		return

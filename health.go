@@ -151,7 +151,7 @@ func (ph *providerHealth) entry(p *provider, model string) *modelHealth {
 	if m := ph.lookup(model); m != nil {
 		return m
 	}
-	if !p.served[model] {
+	if !p.listed(model) {
 		ph.evictBeyond(p, maxModelsPerProvider-1)
 	}
 	ph.uses++
@@ -167,7 +167,7 @@ func (ph *providerHealth) evictBeyond(p *provider, keep int) {
 		n, lru := 0, ""
 		var lruUse uint64
 		for name, m := range ph.models {
-			if p.served[name] {
+			if p.listed(name) {
 				continue
 			}
 			if n == 0 || m.lastUsed < lruUse {
@@ -194,6 +194,10 @@ type providerInfo struct {
 	// CooldownMax is the longest a 429 keeps this provider away (cooldown_max
 	// of the config that loaded it last), e.g. "5m0s".
 	CooldownMax string `json:"cooldown_max"`
+	// Tier is the provider's tier: local, standard or frontier.
+	Tier string `json:"tier"`
+	// Discovery is the state of model discovery, for providers with discover.
+	Discovery *discoveryStatus `json:"discovery,omitempty"`
 }
 
 // healthRegistry is one handler's view of the pooled provider health.
@@ -238,13 +242,12 @@ func (ph *providerHealth) capCooldowns(now time.Time, max time.Duration) {
 }
 
 func (p *provider) info() providerInfo {
-	models := make([]string, 0, len(p.served))
-	for m := range p.served {
-		models = append(models, m)
+	models, anyModel := p.modelNames()
+	if models == nil {
+		models = []string{}
 	}
-	sort.Strings(models)
-	return providerInfo{Name: p.name, URL: p.baseURL, Models: models, AnyModel: p.anyModel,
-		InputRate: p.inputRate, OutputRate: p.outputRate, BaseFee: p.baseFee}
+	return providerInfo{Name: p.name, URL: p.baseURL, Models: models, AnyModel: anyModel,
+		InputRate: p.inputRate, OutputRate: p.outputRate, BaseFee: p.baseFee, Tier: p.tier.String()}
 }
 
 func (reg *healthRegistry) release() {

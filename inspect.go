@@ -22,6 +22,7 @@ type requestFacts struct {
 	lastUser       jsonscan.Span // content of the last user message
 	body           []byte
 	textBytes      int           // bytes of message text, for the input token estimate
+	messages       int           // number of messages, for the complexity score
 	object         jsonscan.Span // the top-level object
 	includeUsageAt jsonscan.Span // stream_options.include_usage, when present
 }
@@ -162,6 +163,7 @@ func (f *requestFacts) inspectMessages(body []byte, messages jsonscan.Span) *api
 		if msg.Kind != jsonscan.Object {
 			return nil
 		}
+		f.messages++
 		var role, content jsonscan.Span
 		if err := jsonscan.Members(body, msg, func(key []byte, v jsonscan.Span) error {
 			switch string(key) {

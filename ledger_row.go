@@ -33,6 +33,9 @@ func (ex *exchange) ledgerRow(app *App, providerName, model string, cost float64
 		ErrorCode: ex.errorCode,
 
 		Continuations: ex.continuations,
+		// Tier routing (SPEC §14): nil and "" when it is off.
+		Complexity: ex.complexity,
+		Tier:       ex.tier,
 	}
 	if app.ClientID != "" {
 		if repl, ok := ex.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {

@@ -22,6 +22,7 @@ type arbstrMetrics struct {
 	latency      *prometheus.HistogramVec
 	firstEvent   *prometheus.HistogramVec
 	circuitState *prometheus.GaugeVec
+	tierRequests *prometheus.CounterVec
 	// genAI are the OpenTelemetry GenAI metrics (telemetry.go).
 	genAI genAIMetrics
 	// continuations counts attempts to finish a broken stream (§13).
@@ -58,6 +59,9 @@ func newArbstrMetrics() *arbstrMetrics {
 		circuitState: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "circuit_state", Help: "Breaker state per provider and model: 0 closed, 1 open, 2 half open."},
 			[]string{"provider", "model"}),
+		tierRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tier_requests_total", Help: "Requests routed by tier, by the tier of the provider that answered."},
+			[]string{"tier"}),
 		genAI: newGenAIMetrics(),
 		continuations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "continuations_total", Help: "Attempts to finish a broken stream, by continuing provider and outcome (ok, broken, refused, client_gone)."},
@@ -66,7 +70,7 @@ func newArbstrMetrics() *arbstrMetrics {
 }
 
 func (m *arbstrMetrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState, m.continuations},
+	return append([]prometheus.Collector{m.requests, m.attempts, m.costSats, m.tokens, m.latency, m.firstEvent, m.circuitState, m.continuations, m.tierRequests},
 		m.genAI.collectors()...)
 }
 
@@ -131,6 +135,9 @@ func (m *arbstrMetrics) observeRequest(ex *exchange, provider, model string, cos
 		outcome = "unknown"
 	}
 	m.requests.WithLabelValues(provider, model, outcome).Inc()
+	if ex.tier != "" {
+		m.tierRequests.WithLabelValues(ex.tier).Inc()
+	}
 	if provider == "" || !ex.usage.known {
 		return
 	}
@@ -145,7 +152,7 @@ func (m *arbstrMetrics) observeRequest(ex *exchange, provider, model string, cos
 // "*" (a name only an any-model provider could serve, or none at all).
 func configuredModelLabel(providers []*provider, model string) string {
 	for _, p := range providers {
-		if p.served[model] {
+		if p.listed(model) {
 			return model
 		}
 	}

@@ -32,6 +32,7 @@ const (
 	defaultCooldownMax       = 5 * time.Minute
 	defaultOutputTokens      = 256
 	defaultContinuations     = 2
+	defaultDiscoverInterval  = 5 * time.Minute
 )
 
 // Handler is an OpenAI-compatible LLM router. For every chat completion it
@@ -87,7 +88,17 @@ type Handler struct {
 	// off. Default (unset): 2.
 	Continuations *int `json:"continuations,omitempty"`
 
+	// Complexity, when set, routes each request by its complexity score to
+	// a provider tier (see Provider.Tier and docs/routing.md).
+	Complexity *ComplexityConfig `json:"complexity,omitempty"`
+
 	providers []*provider
+	// byTier groups providers by tier; tiered: some provider names a tier
+	// or the complexity block is set, so requests are routed by tier.
+	byTier    [tierCount][]*provider
+	tiered    bool
+	scorer    *scorer
+	discovery *discovery
 	policies  []*policy
 	// keywordPolicies: some policy is chosen by keywords, so requests'
 	// user text must be read.
@@ -143,6 +154,17 @@ type Provider struct {
 	// max_completion_tokens) is larger is not sent to it. 0: unknown, never
 	// skipped.
 	Context int `json:"context,omitempty"`
+
+	// Tier is the provider's class: "local", "standard" (the default) or
+	// "frontier". With a complexity block, easy requests may go to local
+	// providers and hard ones need frontier providers.
+	Tier string `json:"tier,omitempty"`
+
+	// Discover, when set, reads the models the provider serves from its
+	// GET /models at start and then every Discover (0: every 5m). The list
+	// replaces Models, which then only filters it; a failed read keeps the
+	// last good list.
+	Discover *caddy.Duration `json:"discover,omitempty"`
 }
 
 // Policy is a named set of constraints on provider choice.
@@ -222,6 +244,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.policies = append(h.policies, newPolicy(p))
 	}
 	h.keywordPolicies = hasKeywords(h.policies)
+	h.byTier = groupByTier(h.providers)
+	h.scorer = newScorer(h.Complexity)
+	h.tiered = h.Complexity != nil || h.anyTierLine()
 	h.health = loadHealthRegistry(h.providers, h.breaker)
 	m, err := loadMetrics(ctx)
 	if err != nil {
@@ -232,7 +257,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.app, err = loadApp(ctx); err != nil {
 		return err
 	}
+	h.discovery = startDiscovery(h.providers, h.client, h.health, h.logger)
 	return nil
+}
+
+func (h *Handler) anyTierLine() bool {
+	for _, p := range h.Providers {
+		if p.Tier != "" {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *Handler) applyDefaults() {
@@ -292,6 +327,12 @@ func (h *Handler) Validate() error {
 			}
 		}
 	}
+	if err := h.Complexity.validate(); err != nil {
+		return err
+	}
+	if err := h.checkFrontierTier(); err != nil {
+		return err
+	}
 	if err := h.Retry.validate(); err != nil {
 		return err
 	}
@@ -346,6 +387,12 @@ func (p *Provider) validate() error {
 		// quoted: it may hold a key.
 		return fmt.Errorf("arbstr: provider %q: url %s has a query or fragment (after ? or #); give the base URL only, like https://host/v1", p.Name, u.Scheme+"://"+u.Host+u.Path)
 	}
+	if _, err := parseTier(p.Tier); err != nil {
+		return fmt.Errorf("arbstr: provider %q: %v", p.Name, err)
+	}
+	if p.Discover != nil && *p.Discover < 0 {
+		return fmt.Errorf("arbstr: provider %q: discover interval must not be negative", p.Name)
+	}
 	for field, v := range map[string]float64{"input_rate": p.InputRate, "output_rate": p.OutputRate, "base_fee": p.BaseFee} {
 		if v < 0 {
 			return fmt.Errorf("arbstr: provider %q: %s must not be negative", p.Name, field)
@@ -394,6 +441,9 @@ func (b *BreakerConfig) validate() error {
 // Cleanup releases this config's hold on the shared health state, so that
 // state of providers removed from the config is dropped.
 func (h *Handler) Cleanup() error {
+	// Discovery first: it stops its goroutines and waits for them, so none
+	// outlives this config or uses the health it releases.
+	h.discovery.stop()
 	if h.health != nil {
 		h.health.release()
 	}

@@ -1,9 +1,12 @@
 package arbstr
 
 import (
+	"cmp"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -27,6 +30,12 @@ type provider struct {
 	baseFee    float64
 	prefill    bool // continues a partial assistant message (§13)
 	context    int  // context window in tokens; 0: unknown
+	tier       tier
+	// discover is the interval of model discovery (0: off); discovered
+	// holds its last good list, nil until one arrived.
+	discover   time.Duration
+	modelsLine map[string]bool // the `models` line, filtering discovered models
+	discovered atomic.Pointer[map[string]bool]
 }
 
 func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
@@ -49,8 +58,18 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 		prefill:    p.Prefill,
 		context:    p.Context,
 	}
+	if rp.tier, err = parseTier(p.Tier); err != nil {
+		return nil, fmt.Errorf("arbstr: provider %q: %v", p.Name, err)
+	}
+	if p.Discover != nil {
+		rp.discover = cmp.Or(time.Duration(*p.Discover), defaultDiscoverInterval)
+	}
 	for _, m := range p.Models {
 		rp.served[m] = true
+		if rp.modelsLine == nil {
+			rp.modelsLine = map[string]bool{}
+		}
+		rp.modelsLine[m] = true
 	}
 	for public, up := range p.Model {
 		if public == "*" {
@@ -83,6 +102,9 @@ func servesModel(models []string, mapping map[string]string, model string) bool 
 }
 
 func (p *provider) serves(model string) bool {
+	if d := p.discovered.Load(); d != nil {
+		return (*d)[model] || p.mapped(model)
+	}
 	return p.anyModel || p.served[model]
 }
 
@@ -215,11 +237,17 @@ func (pl *plan) ordered() []*provider {
 type ranked struct {
 	p    *provider
 	cost float64
+	// level orders tiers before cost when routing by tier (chooseTiered):
+	// 0 for the needed tier, 1 for the next one up…; always 0 otherwise.
+	level int8
 }
 
-// cheaper is the candidates' order: expected cost, then name, so that equal
-// costs come in the same order every time.
+// cheaper is the candidates' order: tier level, expected cost, then name, so
+// that equal costs come in the same order every time.
 func cheaper(a, b ranked) bool {
+	if a.level != b.level {
+		return a.level < b.level
+	}
 	if a.cost != b.cost {
 		return a.cost < b.cost
 	}
@@ -299,7 +327,7 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 			largestContext = max(largestContext, p.context)
 			continue
 		}
-		ranks = append(ranks, ranked{p, p.expectedCost(in.inTokens, in.outTokens)})
+		ranks = append(ranks, ranked{p: p, cost: p.expectedCost(in.inTokens, in.outTokens)})
 	}
 	switch {
 	case !servedBySomeone:

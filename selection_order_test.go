@@ -106,7 +106,7 @@ func chooseSortingAll(providers []*provider, policies []*policy, in selectionInp
 				continue
 			}
 		}
-		ranks = append(ranks, ranked{p, p.expectedCost(in.inTokens, in.outTokens)})
+		ranks = append(ranks, ranked{p: p, cost: p.expectedCost(in.inTokens, in.outTokens)})
 	}
 	switch {
 	case !servedBySomeone:

@@ -143,6 +143,7 @@ type Provider struct {
 
 	requests      atomic.Int64
 	completionSeq atomic.Int64
+	models        atomic.Pointer[[]string] // served by GET .../models; PUT .../standin/models replaces it
 	created       int64
 	pieces        []string
 	answerText    string
@@ -163,6 +164,8 @@ func (s *Provider) Provision(_ caddy.Context) error {
 	if len(s.Models) == 0 {
 		s.Models = []string{defaultModel}
 	}
+	models := slices.Clone(s.Models)
+	s.models.Store(&models)
 	if s.Answer == "" {
 		s.Answer = "Hello from " + s.displayName() + "."
 	}
@@ -262,6 +265,8 @@ func (s *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 		return s.serveChat(w, r)
 	case strings.HasSuffix(path, "/standin/requests"):
 		return s.serveRequestCount(w, r)
+	case strings.HasSuffix(path, "/standin/models"):
+		return s.serveModelsUpdate(w, r)
 	case strings.HasSuffix(path, "/models"):
 		return s.serveModels(w, r)
 	}
@@ -273,11 +278,30 @@ func (s *Provider) serveModels(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return methodNotAllowed(w, http.MethodGet)
 	}
-	data := make([]model, 0, len(s.Models))
-	for _, id := range s.Models {
+	list := *s.models.Load()
+	data := make([]model, 0, len(list))
+	for _, id := range list {
 		data = append(data, model{ID: id, Object: "model", Created: s.created, OwnedBy: "arbstr-standin"})
 	}
 	return writeJSON(w, http.StatusOK, modelList{Object: "list", Data: data})
+}
+
+// serveModelsUpdate answers PUT .../standin/models with a body
+// {"models":["a","b"]}: from then on GET .../models lists those ids (until a
+// reload). It lets a demo or test show model discovery picking up a model.
+func (s *Provider) serveModelsUpdate(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPut {
+		return methodNotAllowed(w, http.MethodPut)
+	}
+	var req struct {
+		Models []string `json:"models"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || req.Models == nil {
+		return writeError(w, http.StatusBadRequest, "invalid_request_error", "invalid_body",
+			`the body must be {"models":["id",...]}`)
+	}
+	s.models.Store(&req.Models)
+	return writeJSON(w, http.StatusOK, map[string][]string{"models": req.Models})
 }
 
 func (s *Provider) serveRequestCount(w http.ResponseWriter, r *http.Request) error {

@@ -818,3 +818,30 @@ func TestThroughCaddy(t *testing.T) {
 	events, err = readEvents(resp.Body)
 	expect(t, errors.Is(err, io.ErrUnexpectedEOF) && len(events) == 2, "cut through Caddy: %v, %q", err, events)
 }
+
+func TestModelsReplacedAtRuntime(t *testing.T) {
+	srv, _ := testServer(t, &Provider{Models: []string{"a"}})
+	put := func(body string) *http.Response {
+		req, _ := http.NewRequest(http.MethodPut, srv.URL+"/v1/standin/models", strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := put(`{"models":["a","b"]}`); resp.StatusCode != http.StatusOK {
+		t.Fatalf("PUT: status %d", resp.StatusCode)
+	}
+	_, body := do(t, http.MethodGet, srv.URL+"/v1/models")
+	var list modelList
+	if err := json.Unmarshal([]byte(body), &list); err != nil || len(list.Data) != 2 || list.Data[1].ID != "b" {
+		t.Fatalf("after PUT, GET /models = %s (%v); want a and b", body, err)
+	}
+	if resp := put(`{"nope":1}`); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("PUT without models: status %d, want 400", resp.StatusCode)
+	}
+	if resp, _ := do(t, http.MethodPost, srv.URL+"/v1/standin/models"); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST: status %d, want 405", resp.StatusCode)
+	}
+}
