@@ -152,3 +152,25 @@ func TestTierCaddyfileAdaptsToJSON(t *testing.T) {
 		t.Errorf("adapted JSON\n got %s\nwant %s", b, want)
 	}
 }
+
+// A request larger than a tier's context windows escalates to a tier that
+// can hold it; when none can, it is refused before any call.
+func TestTierContextTooSmallEscalates(t *testing.T) {
+	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	byTier := groupByTier([]*provider{
+		cfgProv(t, Provider{Name: "local", Tier: "local", Models: []string{"m"}, Context: 100}),
+		cfgProv(t, Provider{Name: "front", Tier: "frontier", Models: []string{"m"}, Context: 2000}),
+	})
+	in := selectionInput{model: "m", inTokens: 1, outTokens: 256, contextNeed: 1000}
+	pl, apiErr := chooseTiered(byTier, nil, in, tierLocal, nil, now)
+	if apiErr != nil {
+		t.Fatalf("got %v, want the frontier provider", apiErr.message)
+	}
+	if got := cfgNames(pl.all()); len(got) != 1 || got[0] != "front" {
+		t.Fatalf("candidates %v, want [front]", got)
+	}
+	in.contextNeed = 5000
+	if _, apiErr = chooseTiered(byTier, nil, in, tierLocal, nil, now); apiErr == nil || apiErr.code != "context_length_exceeded" || apiErr.status != 400 {
+		t.Fatalf("got %+v, want 400 context_length_exceeded", apiErr)
+	}
+}
