@@ -20,6 +20,7 @@
 #
 #   bench/run.sh             full run (~3-4 minutes)
 #   QUICK=1 bench/run.sh     smoke check (~1 minute)
+#   LEDGER=off bench/run.sh  without the ledger (default: SQLite, as installed)
 #   PROFILE=1 bench/run.sh   also CPU profiles of Caddy under the non-streaming
 #                            load, arbstr and reverse_proxy (bench/out/cpu-*)
 #
@@ -105,6 +106,10 @@ arbstr_handle() { # PREFIX N STANDIN_PATH
 	printf '\t\t}\n\t}\n'
 }
 CADDYFILE=$OUT/Caddyfile
+# The ledger as a fresh install has it (SQLite), in the output folder;
+# LEDGER=off measures the router without it.
+LEDGER=${LEDGER:-sqlite $OUT/ledger.db}
+rm -f "$OUT"/ledger.db*
 {
 	cat <<EOF
 {
@@ -115,6 +120,9 @@ CADDYFILE=$OUT/Caddyfile
 	grace_period 2s
 	log {
 		level ERROR
+	}
+	arbstr {
+		ledger $LEDGER
 	}
 }
 

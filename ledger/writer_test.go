@@ -162,3 +162,30 @@ func TestWriterCloseFlushes(t *testing.T) {
 		t.Fatalf("%d rows written by Close, want 500", len(got))
 	}
 }
+
+// Rows that arrive within Linger of each other go out in one insert: one
+// commit per request would cost more than the request.
+func TestWriterLingersForABatch(t *testing.T) {
+	store := &fakeStore{calls: make(chan struct{}, 10)}
+	w := NewWriter(store, WriterOptions{Queue: 100, Linger: time.Hour})
+	w.Enqueue(Row{ID: "0"})
+	select {
+	case <-store.calls:
+		t.Fatal("a lone row was written at once; it should wait for more")
+	case <-time.After(100 * time.Millisecond):
+	}
+	w.Enqueue(Row{ID: "1"})
+	w.Enqueue(Row{ID: "2"})
+	if err := w.Flush(waitCtx(t)); err != nil { // the marker ends the wait
+		t.Fatal(err)
+	}
+	if n := len(store.calls); n != 1 {
+		t.Errorf("%d inserts for 3 rows, want 1", n)
+	}
+	if got := store.ids(); len(got) != 3 {
+		t.Fatalf("store has %v, want 3 rows", got)
+	}
+	if err := w.Close(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
