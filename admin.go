@@ -66,17 +66,7 @@ func (a *adminAPI) handleProviders(w http.ResponseWriter, r *http.Request) error
 	for i := range list {
 		list[i].URL = redactURL(list[i].URL)
 	}
-	body, err := json.Marshal(list)
-	if err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	if r.Method == http.MethodHead {
-		return nil
-	}
-	_, err = w.Write(append(body, '\n'))
-	return err
+	return writeJSON(w, r, list)
 }
 
 // handleReset answers POST /arbstr/providers/reset: it closes the breakers

@@ -2,7 +2,6 @@ package arbstr
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 
@@ -61,17 +60,7 @@ func (a *adminBudgets) handleBudgets(w http.ResponseWriter, r *http.Request) err
 		}
 		out.Budgets = list
 	}
-	body, err := json.Marshal(out)
-	if err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	if r.Method == http.MethodHead {
-		return nil
-	}
-	_, err = w.Write(append(body, '\n'))
-	return err
+	return writeJSON(w, r, out)
 }
 
 // Interface guards
