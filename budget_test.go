@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/arbstr/caddy-arbstr/ledger"
 	"io"
 	"net/http"
 	"os"
@@ -368,12 +369,13 @@ func TestBudgetChildCaddy(t *testing.T) {
 	_ = caddy.Stop()
 }
 
-// startChildCaddy runs cfg in a second process and waits until it serves;
-// the returned command may be killed by the test.
-func startChildCaddy(t *testing.T, cfg []byte, tc *testCaddy) *exec.Cmd {
+// startChildCaddy runs cfg in a second process (with env added to its
+// environment) and waits until it serves; the returned command may be
+// killed by the test.
+func startChildCaddy(t *testing.T, cfg []byte, tc *testCaddy, env ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestBudgetChildCaddy$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), childConfigEnv+"="+string(cfg))
+	cmd.Env = append(append(os.Environ(), env...), childConfigEnv+"="+string(cfg))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -611,5 +613,67 @@ func TestBudgetDocExamples(t *testing.T) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&list); err != nil || len(list.Budgets) != 1 {
 		t.Errorf("/arbstr/budgets example: %v", err)
+	}
+}
+
+// Two Caddy processes on one PostgreSQL both write the ledger, and either
+// answers for both (SPEC §11). The child has a data directory of its own,
+// as a second host would, and so its own instance id.
+func TestLedgerTwoCaddyProcessesOnePostgres(t *testing.T) {
+	up := rtNewUpstream(t, nil)
+	options := "ledger postgres " + pgtest.Database(t)
+	parent := budgetCaddy(t, options, up, 1)
+	child := childSite(t)
+	startChildCaddy(t, budgetConfig(t, child, options, up, 1, ""), child, "XDG_DATA_HOME="+t.TempDir())
+	for _, site := range []*testCaddy{parent, child} {
+		for range 3 {
+			resp := site.Post("/v1/chat/completions", rtChat)
+			if rtReadBody(t, resp); resp.StatusCode != http.StatusOK {
+				t.Fatalf("%s: status %d", site.URL, resp.StatusCode)
+			}
+		}
+	}
+	for _, admin := range []string{parent.Admin, child.Admin} {
+		rows := waitForLedgerRows(t, admin, 6)
+		instances := map[string]int{}
+		for _, r := range rows {
+			instances[r.Instance]++
+		}
+		if len(instances) != 2 {
+			t.Errorf("%s lists rows of instances %v; want 3 rows from each of two instances", admin, instances)
+		}
+		for id, n := range instances {
+			if n != 3 {
+				t.Errorf("%s: instance %s has %d rows, want 3", admin, id, n)
+			}
+		}
+	}
+}
+
+// waitForLedgerRows polls GET /arbstr/requests until it lists want rows
+// (rows are written off the request path) and returns them.
+func waitForLedgerRows(t *testing.T, admin string, want int) []ledger.Row {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(admin + "/arbstr/requests?limit=100")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct {
+			Requests []ledger.Row `json:"requests"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("%s/arbstr/requests: %v", admin, err)
+		}
+		if len(page.Requests) >= want || time.Now().After(deadline) {
+			if len(page.Requests) != want {
+				t.Fatalf("%s lists %d rows, want %d", admin, len(page.Requests), want)
+			}
+			return page.Requests
+		}
+		time.Sleep(50 * time.Millisecond) // polling the database, not synchronising goroutines
 	}
 }
