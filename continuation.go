@@ -420,14 +420,10 @@ type continuationDelivery struct {
 func (d *continuationDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
 	sc := sse.NewScanner(resp.Body)
 	defer sc.Release()
-	first, info, res, ok := awaitFirstEvent(ex, at, sc, resp.StatusCode)
+	first, info, res, ok := passGate(ex, at, sc, resp.StatusCode)
 	if !ok {
 		return res
 	}
-	if !at.timer.Stop() {
-		return attemptResult{class: classifyError(at.ctx, ex.r.Context(), errAttemptCancelled), status: resp.StatusCode}
-	}
-	ex.h.metrics.observeFirstEvent(at.provider, ex.facts.model, time.Since(at.start))
 	c := ex.cont
 	c.callStart, c.callOpen = c.textBytes, true
 	c.by = append(c.by, at.provider.name)

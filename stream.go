@@ -61,6 +61,22 @@ func inspectChunk(data []byte) chunkInfo {
 	return info
 }
 
+// passGate waits for the attempt's first good data event and stops its
+// first-event timer; ok is false when the attempt failed before it (res
+// says how), including when the timer fired first.
+func passGate(ex *exchange, at *attempt, sc *sse.Scanner, status int) (first []byte, info chunkInfo, res attemptResult, ok bool) {
+	first, info, res, ok = awaitFirstEvent(ex, at, sc, status)
+	if !ok {
+		return nil, info, res, false
+	}
+	// A timer that already fired has cancelled this attempt.
+	if !at.timer.Stop() {
+		return nil, info, attemptResult{class: classifyError(at.ctx, ex.r.Context(), errAttemptCancelled), status: status}, false
+	}
+	ex.h.metrics.observeFirstEvent(at.provider, ex.facts.model, time.Since(at.start))
+	return first, info, res, true
+}
+
 // streamDelivery is the streaming delivery: hold everything back until the
 // first good data event (the commit gate), then pump events live.
 type streamDelivery struct{}
@@ -68,15 +84,10 @@ type streamDelivery struct{}
 func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
 	sc := sse.NewScanner(resp.Body)
 	defer sc.Release()
-	first, info, res, ok := awaitFirstEvent(ex, at, sc, resp.StatusCode)
+	first, info, res, ok := passGate(ex, at, sc, resp.StatusCode)
 	if !ok {
 		return res
 	}
-	// The gate: a timer that already fired has cancelled this attempt.
-	if !at.timer.Stop() {
-		return attemptResult{class: classifyError(at.ctx, ex.r.Context(), errAttemptCancelled), status: resp.StatusCode}
-	}
-	ex.h.metrics.observeFirstEvent(at.provider, ex.facts.model, time.Since(at.start))
 	p := &pump{ex: ex, at: at, sc: sc, rc: http.NewResponseController(ex.w)}
 	sc.BeforeRead = p.flushBeforeRead
 	ex.startContinuable(at.provider)
