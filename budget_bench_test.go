@@ -2,14 +2,10 @@ package arbstr
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/caddyserver/caddy/v2"
 
 	"github.com/arbstr/caddy-arbstr/internal/pgtest"
 )
@@ -78,21 +74,6 @@ http://127.0.0.1:%d {
 	}
 }
 `, admin, appOptions, up, arb, up)
-	if err := caddy.Load(adaptCaddyfile(b, cfg), true); err != nil {
-		b.Fatalf("loading config: %v", err)
-	}
-	b.Cleanup(func() { _ = caddy.Stop() })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", arb))
-		if err == nil {
-			conn.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("caddy did not listen on %d", arb)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	loadBenchCaddy(b, cfg, arb)
 	return fmt.Sprintf("http://127.0.0.1:%d/v1/chat/completions", arb)
 }

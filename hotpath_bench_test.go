@@ -156,12 +156,20 @@ http://127.0.0.1:%d {
 `, admin, up, rp, up, arb,
 		hpProviders(1, upURL+"/plain/v1"), hpProviders(1, upURL+"/stream/v1"),
 		hpProviders(1, upURL+"/stream1/v1"), hpProviders(1000, upURL+"/plain/v1"))
-	if err := caddy.Load(adaptCaddyfile(b, cfg), true); err != nil {
+	loadBenchCaddy(b, cfg, up, rp, arb)
+	return &hpCaddy{rp: fmt.Sprintf("http://127.0.0.1:%d", rp), arb: fmt.Sprintf("http://127.0.0.1:%d", arb)}
+}
+
+// loadBenchCaddy runs a Caddyfile for a benchmark, stops it at the end, and
+// waits until Caddy listens on every one of ports.
+func loadBenchCaddy(b *testing.B, caddyfile string, ports ...int) {
+	b.Helper()
+	if err := caddy.Load(adaptCaddyfile(b, caddyfile), true); err != nil {
 		b.Fatalf("loading config: %v", err)
 	}
 	b.Cleanup(func() { _ = caddy.Stop() })
 	deadline := time.Now().Add(5 * time.Second)
-	for _, port := range []int{up, rp, arb} {
+	for _, port := range ports {
 		for {
 			conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 			if err == nil {
@@ -174,7 +182,6 @@ http://127.0.0.1:%d {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	return &hpCaddy{rp: fmt.Sprintf("http://127.0.0.1:%d", rp), arb: fmt.Sprintf("http://127.0.0.1:%d", arb)}
 }
 
 // hpPost sends one chat request and reads the whole answer, failing on
