@@ -15,11 +15,27 @@ type usage struct {
 	known            bool
 	promptTokens     int
 	completionTokens int
+	// noInput: the report has no input count (Anthropic's message_delta
+	// before API versions that repeat it); the one known stands.
+	noInput bool
 }
 
-// usageFrom reads prompt_tokens and completion_tokens of a usage object.
+// update is u after a stream event reported v: v's counts, which are the
+// totals so far, except an input count v does not carry.
+func (u usage) update(v usage) usage {
+	if v.noInput {
+		v.promptTokens, v.noInput = u.promptTokens, false
+	}
+	return v
+}
+
+// usageFrom reads a usage object in any of the APIs' spellings: OpenAI's
+// chat and embeddings (prompt_tokens, completion_tokens), the Responses
+// API's and Anthropic's (input_tokens, output_tokens; Anthropic's cache
+// reads and writes count as input).
 func usageFrom(b []byte, obj jsonscan.Span) usage {
-	u := usage{known: true}
+	var prompt, input, completion, output = -1, -1, -1, -1
+	cached := 0
 	_ = jsonscan.Members(b, obj, func(key []byte, v jsonscan.Span) error {
 		if v.Kind != jsonscan.Number {
 			return nil
@@ -30,12 +46,31 @@ func usageFrom(b []byte, obj jsonscan.Span) usage {
 		}
 		switch string(key) {
 		case "prompt_tokens":
-			u.promptTokens = n
+			prompt = n
+		case "input_tokens":
+			input = n
+		case "cache_creation_input_tokens", "cache_read_input_tokens":
+			cached += n
 		case "completion_tokens":
-			u.completionTokens = n
+			completion = n
+		case "output_tokens":
+			output = n
 		}
 		return nil
 	})
+	// One spelling counts, never both: a provider answering in OpenAI's
+	// shape with extra fields must not be billed twice.
+	u := usage{known: true, promptTokens: prompt, completionTokens: max(completion, 0)}
+	switch {
+	case prompt >= 0:
+	case input >= 0:
+		u.promptTokens = input + cached
+	default:
+		u.promptTokens, u.noInput = 0, true
+	}
+	if completion < 0 && output >= 0 {
+		u.completionTokens = output
+	}
 	return u
 }
 
@@ -56,6 +91,7 @@ func (ex *exchange) logFields(providerName, model string, cost float64, costKnow
 		return
 	}
 	extra.Set(zap.String("arbstr_request_id", ex.requestID))
+	extra.Set(zap.String("arbstr_endpoint", ex.proto.endpoint()))
 	if providerName != "" {
 		extra.Set(zap.String("arbstr_provider", providerName))
 	}

@@ -243,10 +243,7 @@ func (ex *exchange) admitBudget(pl *plan) bool {
 // input tokens and max_tokens (else reserveTokens) as output, in sats.
 func worstCase(candidates []*provider, ex *exchange, reserveTokens int) float64 {
 	in := len(ex.body) / 3
-	out := ex.facts.maxTokens
-	if out <= 0 {
-		out = reserveTokens
-	}
+	out := ex.facts.expectedOutput(reserveTokens)
 	var dearest float64
 	for _, p := range candidates {
 		dearest = max(dearest, p.expectedCost(in, out))

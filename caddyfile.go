@@ -31,7 +31,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	arbstr {
 //		provider <name> {
-//			url          <base URL>            # /chat/completions and /models are appended
+//			url          <base URL>            # /chat/completions, /embeddings, /responses, /messages, /models are appended
+//			api          openai|anthropic       # the provider's API; default openai
 //			api_key      <key or placeholder>   # default: env ARBSTR_<NAME>_API_KEY
 //			models       <public model names...> # omitted: any model
 //			model        <public name|*> <upstream name>
@@ -203,6 +204,15 @@ func (p *Provider) parseOption(d *caddyfile.Dispenser) error {
 			return err
 		}
 		p.Context = n
+	case "api":
+		v, err := singleArg(d)
+		if err != nil {
+			return err
+		}
+		if _, aerr := parseProviderAPI(v); aerr != nil || v == "" {
+			return d.Errf("provider %q: api %q is not known; use openai (the default) or anthropic", p.Name, v)
+		}
+		p.API = v
 	case "tier":
 		v, err := singleArg(d)
 		if err != nil {

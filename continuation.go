@@ -76,9 +76,10 @@ type continuation struct {
 }
 
 // startContinuable prepares a committing stream for continuation when some
-// other candidate could continue it.
+// other candidate could continue it. Only chat completions continue: the
+// other APIs' streams end honestly when they break.
 func (ex *exchange) startContinuable(p *provider) {
-	if ex.h.continuations <= 0 || ex.cont != nil {
+	if ex.h.continuations <= 0 || ex.cont != nil || ex.proto.id() != protoChat {
 		return
 	}
 	for _, c := range ex.plan.providers() {
@@ -420,7 +421,7 @@ type continuationDelivery struct {
 func (d *continuationDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
 	sc := sse.NewScanner(resp.Body)
 	defer sc.Release()
-	first, info, res, ok := passGate(ex, at, sc, resp.StatusCode)
+	held, res, ok := passGate(ex, at, sc, resp.StatusCode)
 	if !ok {
 		return res
 	}
@@ -432,7 +433,7 @@ func (d *continuationDelivery) deliver(ex *exchange, at *attempt, resp *http.Res
 	p := &pump{ex: ex, at: at, sc: sc, rc: d.parent.rc, continues: true}
 	sc.BeforeRead = p.flushBeforeRead
 	at.onCommit()
-	return p.run(first, info)
+	return p.run(held)
 }
 
 // closeCall accounts the usage of the call that just ended: as reported,
@@ -467,7 +468,7 @@ func (c *continuation) settle(ex *exchange, current *provider) {
 func (p *pump) honestEnding(cause error) attemptResult {
 	c := p.ex.cont
 	c.settle(p.ex, p.at.provider)
-	p.write(c.original.body())
+	p.writeRaw(p.ex.proto.errorEvent(c.original))
 	p.abort()
 	return attemptResult{class: classBrokenStream, committed: true, err: cause}
 }

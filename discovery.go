@@ -132,9 +132,7 @@ func fetchModels(ctx context.Context, client *http.Client, p *provider) ([]strin
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "arbstr-caddy")
-	if p.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+p.apiKey)
-	}
+	p.setAuth(req.Header, nil)
 	resp, err := client.Do(req)
 	if err != nil {
 		var ue *url.Error

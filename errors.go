@@ -9,8 +9,9 @@ import (
 	"time"
 )
 
-// apiError is an error arbstr answers itself, in the OpenAI shape:
-// {"error":{"message","type","param","code"}}.
+// apiError is an error arbstr answers itself, in the shape of the request's
+// API (protocol.errorBody): OpenAI's {"error":{"message","type","param",
+// "code"}} or Anthropic's {"type":"error","error":{"type","message"}}.
 type apiError struct {
 	status     int
 	message    string
@@ -24,8 +25,9 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.message }
 
-// write sends the error to the client with its status and headers.
-func (e *apiError) write(w http.ResponseWriter) {
+// write sends the error to the client with its status and headers, in
+// proto's shape (nil: OpenAI's).
+func (e *apiError) write(w http.ResponseWriter, proto protocol) {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/json")
 	if e.retryAfter > 0 {
@@ -35,15 +37,29 @@ func (e *apiError) write(w http.ResponseWriter) {
 		hdr.Set("x-should-retry", "false")
 	}
 	w.WriteHeader(e.status)
-	_, _ = w.Write(e.body())
+	if proto == nil {
+		proto = protocols[protoChat]
+	}
+	_, _ = w.Write(proto.errorBody(e))
 }
 
-func (e *apiError) body() []byte {
-	type attemptJSON struct {
-		Provider string `json:"provider"`
-		Status   int    `json:"status,omitempty"`
-		Error    string `json:"error"`
+// attemptJSON is one failed attempt as arbstr's error answers list them.
+type attemptJSON struct {
+	Provider string `json:"provider"`
+	Status   int    `json:"status,omitempty"`
+	Error    string `json:"error"`
+}
+
+func (e *apiError) attemptsJSON() []attemptJSON {
+	var out []attemptJSON
+	for _, a := range e.attempts {
+		out = append(out, attemptJSON{a.provider, a.status, a.class.String()})
 	}
+	return out
+}
+
+// openAIBody is the error in OpenAI's shape.
+func (e *apiError) openAIBody() []byte {
 	var payload struct {
 		Error struct {
 			Message  string        `json:"message"`
@@ -59,9 +75,7 @@ func (e *apiError) body() []byte {
 	if e.param != "" {
 		payload.Error.Param = &e.param
 	}
-	for _, a := range e.attempts {
-		payload.Error.Attempts = append(payload.Error.Attempts, attemptJSON{a.provider, a.status, a.class.String()})
-	}
+	payload.Error.Attempts = e.attemptsJSON()
 	b, _ := json.Marshal(payload)
 	return b
 }
@@ -89,9 +103,12 @@ func errMethodNotAllowed(method, allow string) *apiError {
 		errType: "invalid_request_error", code: "method_not_allowed"}
 }
 
-func errModelNotFound(model string) *apiError {
-	return &apiError{status: http.StatusNotFound,
-		message: fmt.Sprintf("the model %q is not served by any configured provider; GET /models lists the models available", model),
+func errModelNotFound(model string, api providerAPI) *apiError {
+	msg := fmt.Sprintf("the model %q is not served by any configured provider; GET /models lists the models available", model)
+	if api != apiOpenAI {
+		msg = fmt.Sprintf("the model %q is not served by any provider with `api %s`, which this API needs; GET /models lists the models of every provider", model, api)
+	}
+	return &apiError{status: http.StatusNotFound, message: msg,
 		errType: "invalid_request_error", param: "model", code: "model_not_found"}
 }
 

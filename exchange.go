@@ -8,9 +8,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// exchange is the state of one chat completion request.
+// exchange is the state of one request arbstr routes.
 type exchange struct {
 	h              *Handler
+	proto          protocol // the request's API
 	w              http.ResponseWriter
 	r              *http.Request
 	body           []byte
@@ -150,7 +151,7 @@ func (ex *exchange) fail(e *apiError) {
 		ex.w.Header().Set(headerRetries, retriesHeader(ex.records))
 	}
 	ex.setPlaceholders()
-	e.write(ex.w)
+	e.write(ex.w, ex.proto)
 }
 
 // clientGone ends a request whose client left: nothing to write.

@@ -20,7 +20,7 @@ const maxResponseBody = 64 << 20
 // headers is sent: the provider's key, never the client's credentials or
 // cookies.
 func newUpstreamRequest(ctx context.Context, p *provider, body []byte, ex *exchange) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.chatURL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.urls[ex.proto.id()], bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -33,9 +33,7 @@ func newUpstreamRequest(ctx context.Context, p *provider, body []byte, ex *excha
 	}
 	hdr["Idempotency-Key"] = []string{ex.idempotencyKey}
 	hdr["User-Agent"] = []string{"arbstr-caddy"}
-	if p.apiKey != "" {
-		hdr["Authorization"] = []string{"Bearer " + p.apiKey}
-	}
+	p.setAuth(hdr, ex.r.Header)
 	return req, nil
 }
 
@@ -197,7 +195,7 @@ func (bufferedDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) 
 	// A 2xx that is not a completion (an HTML page from a proxy, an error
 	// object some providers send with 200) is a failure to fall over from,
 	// not an answer to pass on.
-	info := inspectChunk(body)
+	info := ex.proto.judgeAnswer(body)
 	switch {
 	case !info.valid:
 		return attemptResult{class: classBadResponse, status: resp.StatusCode, err: errors.New("the answer is not a JSON object")}

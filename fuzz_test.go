@@ -143,8 +143,8 @@ func FuzzInspectRequest(f *testing.F) {
 			if apiErr.status != http.StatusBadRequest {
 				t.Fatalf("refusal with status %d, want 400", apiErr.status)
 			}
-			if !json.Valid(apiErr.body()) {
-				t.Fatalf("the error body is not JSON: %s", apiErr.body())
+			if !json.Valid(apiErr.openAIBody()) {
+				t.Fatalf("the error body is not JSON: %s", apiErr.openAIBody())
 			}
 			return
 		}

@@ -12,7 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// Response headers arbstr sets on chat responses.
+// Response headers arbstr sets on the responses of the APIs it routes.
 const (
 	headerRequestID = "x-arbstr-request-id"
 	headerProvider  = "x-arbstr-provider"
@@ -22,21 +22,26 @@ const (
 	headerRetries   = "x-arbstr-retries"
 )
 
-// ServeHTTP routes by path: POST .../chat/completions and .../models are
-// answered here, anything else goes to next.
+// ServeHTTP routes by path: a POST to .../chat/completions, .../embeddings,
+// .../responses or .../messages (protocolFor), and .../models are answered
+// here, anything else goes to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path
+	if r.Method == http.MethodPost {
+		if proto := protocolFor(path); proto != nil {
+			h.serve(w, r, proto)
+			return nil
+		}
+	}
+	// Other methods on those paths (GET .../chat/completions lists stored
+	// completions, GET .../responses/{id} reads one in the OpenAI API) are
+	// not arbstr's: they go to the next handler.
 	switch {
-	case strings.HasSuffix(path, "/chat/completions") && r.Method == http.MethodPost:
-		h.serveChat(w, r)
-		return nil
-	// Other methods on .../chat/completions (GET lists stored completions
-	// in the OpenAI API) are not arbstr's: they go to the next handler.
 	case strings.HasSuffix(path, "/models"):
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			w.Header().Set(headerRequestID, newRequestID())
-			errMethodNotAllowed(r.Method, "GET").write(w)
+			errMethodNotAllowed(r.Method, "GET").write(w, nil)
 			return nil
 		}
 		h.serveModels(w)
@@ -70,9 +75,10 @@ func (h *Handler) serveModels(w http.ResponseWriter) {
 	_ = json.NewEncoder(w).Encode(list)
 }
 
-// serveChat handles one chat completion: read, inspect, choose, run, account.
-func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
-	ex := &exchange{h: h, w: w, r: r, start: time.Now(), requestID: newRequestID()}
+// serve handles one request of proto's API: read, inspect, choose, run,
+// account.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, proto protocol) {
+	ex := &exchange{h: h, w: w, r: r, proto: proto, start: time.Now(), requestID: newRequestID()}
 	ex.deadline = ex.start.Add(time.Duration(h.Timeout))
 	w.Header().Set(headerRequestID, ex.requestID)
 	defer func() {
@@ -97,18 +103,18 @@ func (h *Handler) serveChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ex.body = body
-	facts, apiErr := inspectRequest(body)
+	facts, apiErr := proto.inspect(body)
 	if apiErr != nil {
 		ex.fail(apiErr)
 		return
 	}
 	ex.facts = facts
-	ex.injectUsage = facts.stream && !facts.clientUsage
+	ex.injectUsage = facts.injectUsage
 	ex.idempotencyKey = r.Header.Get("Idempotency-Key")
 	if ex.idempotencyKey == "" {
 		ex.idempotencyKey = ex.requestID
 	}
-	pl, apiErr := h.choosePlan(ex, selectionInputFor(r, facts, h.keywordPolicies))
+	pl, apiErr := h.choosePlan(ex, selectionInputFor(r, proto, facts, h.keywordPolicies))
 	if apiErr != nil {
 		ex.fail(apiErr)
 		return

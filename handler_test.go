@@ -308,8 +308,12 @@ func TestHandlerOtherPathsGoToNextHandler(t *testing.T) {
 	for _, c := range []struct{ method, path string }{
 		{http.MethodGet, "/health"},
 		{http.MethodGet, "/"},
-		{http.MethodPost, "/v1/embeddings"},
 		{http.MethodPost, "/v1/completions"},
+		{http.MethodGet, "/v1/embeddings"},
+		{http.MethodGet, "/v1/responses/resp_1"},
+		{http.MethodPost, "/v1/responses/resp_1/cancel"},
+		{http.MethodPost, "/v1/messages/count_tokens"},
+		{http.MethodPost, "/v1/threads/thread_1/messages"},
 		{http.MethodPost, "/v1/chat/completions/extra"},
 		{http.MethodGet, "/v1/models/gpt-4o"},
 	} {

@@ -10,15 +10,18 @@ import (
 	"github.com/arbstr/caddy-arbstr/internal/jsonscan"
 )
 
-// requestFacts is what arbstr needs to know about a chat completion request,
-// found in one pass over its body without decoding it.
+// requestFacts is what arbstr needs to know about a request, found in one
+// pass over its body without decoding it. Each protocol fills what its API
+// has; the rest stays zero.
 type requestFacts struct {
 	model          string
 	modelSpan      jsonscan.Span
 	stream         bool
 	clientUsage    bool // the client asked for stream_options.include_usage: true
+	injectUsage    bool // a chat stream without include_usage: arbstr asks for usage
 	streamOptions  jsonscan.Span
 	maxTokens      int
+	noOutput       bool          // the API produces no output tokens (embeddings)
 	lastUser       jsonscan.Span // content of the last user message
 	body           []byte
 	textBytes      int           // bytes of message text, for the input token estimate
@@ -27,30 +30,38 @@ type requestFacts struct {
 	includeUsageAt jsonscan.Span // stream_options.include_usage, when present
 }
 
-// inspectRequest validates a chat completion body and extracts its facts.
+// expectedOutput is the output tokens a request may produce: what it asks
+// for, else fallback, and none for an API without output.
+func (f *requestFacts) expectedOutput(fallback int) int {
+	switch {
+	case f.noOutput:
+		return 0
+	case f.maxTokens > 0:
+		return f.maxTokens
+	}
+	return fallback
+}
+
+// inspectBody reads the members of a request body that every API shares —
+// model and stream — and hands the others named in keys to member. keys
+// are also the names refused in look-alike spellings (refuseLookalikeKey).
 // Its errors are ready to send to the client.
-func inspectRequest(body []byte) (*requestFacts, *apiError) {
-	f := &requestFacts{}
-	var messages, maxTokens, maxCompletion, stream jsonscan.Span
+func inspectBody(body []byte, keys []string, member func(key string, v jsonscan.Span)) (*requestFacts, *apiError) {
+	f := &requestFacts{body: body}
+	var stream jsonscan.Span
 	var lookalike error
 	obj, err := jsonscan.TopLevelObject(body, func(key []byte, v jsonscan.Span) error {
-		if err := refuseLookalikeKey(key); err != nil {
+		if err := refuseLookalikeKey(key, keys); err != nil {
 			lookalike = err
 			return err
 		}
 		switch string(key) {
 		case "model":
 			f.modelSpan = v
-		case "messages":
-			messages = v
 		case "stream":
 			stream = v
-		case "stream_options":
-			f.streamOptions = v
-		case "max_tokens":
-			maxTokens = v
-		case "max_completion_tokens":
-			maxCompletion = v
+		default:
+			member(string(key), v)
 		}
 		return nil
 	})
@@ -61,7 +72,6 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 		return nil, errInvalidRequest("", "the request body is not valid JSON: %v", err)
 	}
 	f.object = obj
-	f.body = body
 	if f.modelSpan.Kind != jsonscan.String {
 		return nil, errInvalidRequest("model", "'model' is required and must be a string")
 	}
@@ -71,9 +81,6 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	if len(f.model) > maxModelName {
 		return nil, errInvalidRequest("model", "'model' is %d bytes long; model names are at most %d", len(f.model), maxModelName)
 	}
-	if messages.Kind != jsonscan.Array {
-		return nil, errInvalidRequest("messages", "'messages' is required and must be an array")
-	}
 	switch stream.Kind {
 	case jsonscan.Invalid, jsonscan.Null:
 	case jsonscan.Bool:
@@ -81,14 +88,55 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 	default:
 		return nil, errInvalidRequest("stream", "'stream' must be a boolean")
 	}
+	return f, nil
+}
+
+// positiveInt is the value of a JSON number member that is a positive
+// integer, else 0.
+func positiveInt(body []byte, v jsonscan.Span) int {
+	if v.Kind != jsonscan.Number {
+		return 0
+	}
+	if n, err := strconv.Atoi(string(body[v.Start:v.End])); err == nil && n > 0 {
+		return n
+	}
+	return 0
+}
+
+// chatKeys are the keys of a chat completion arbstr reads, at the top level
+// or inside stream_options.
+var chatKeys = []string{"model", "stream", "messages", "stream_options", "max_tokens", "max_completion_tokens", "include_usage"}
+
+// inspectRequest validates a chat completion body and extracts its facts.
+// Its errors are ready to send to the client.
+func inspectRequest(body []byte) (*requestFacts, *apiError) {
+	var messages, maxTokens, maxCompletion, streamOptions jsonscan.Span
+	f, apiErr := inspectBody(body, chatKeys, func(key string, v jsonscan.Span) {
+		switch key {
+		case "messages":
+			messages = v
+		case "stream_options":
+			streamOptions = v
+		case "max_tokens":
+			maxTokens = v
+		case "max_completion_tokens":
+			maxCompletion = v
+		}
+	})
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	f.streamOptions = streamOptions
+	if messages.Kind != jsonscan.Array {
+		return nil, errInvalidRequest("messages", "'messages' is required and must be an array")
+	}
 	if apiErr := f.inspectStreamOptions(body); apiErr != nil {
 		return nil, apiErr
 	}
+	f.injectUsage = f.stream && !f.clientUsage
 	for _, t := range []jsonscan.Span{maxTokens, maxCompletion} {
-		if t.Kind == jsonscan.Number {
-			if n, err := strconv.Atoi(string(body[t.Start:t.End])); err == nil && n > 0 {
-				f.maxTokens = n
-			}
+		if n := positiveInt(body, t); n > 0 {
+			f.maxTokens = n
 		}
 	}
 	if apiErr := f.inspectMessages(body, messages); apiErr != nil {
@@ -102,8 +150,8 @@ func inspectRequest(body []byte) (*requestFacts, *apiError) {
 // under Unicode case folding, so they could act on a key arbstr does not
 // read, and serve (and bill) another model than the one arbstr routed. key
 // is decoded (escapes resolved) by the scanner.
-func refuseLookalikeKey(key []byte) error {
-	for _, name := range routingKeys {
+func refuseLookalikeKey(key []byte, keys []string) error {
+	for _, name := range keys {
 		// A letter folding to an ASCII one is at most 3 bytes long (K, U+212A).
 		if len(key) < len(name) || len(key) > 3*len(name) {
 			continue
@@ -114,10 +162,6 @@ func refuseLookalikeKey(key []byte) error {
 	}
 	return nil
 }
-
-// routingKeys are the keys arbstr reads, at the top level or inside
-// stream_options.
-var routingKeys = []string{"model", "stream", "messages", "stream_options", "max_tokens", "max_completion_tokens", "include_usage"}
 
 // maxModelName bounds the model name: it is logged, echoed in errors and
 // compared against the config, and no real model name comes close.
@@ -133,7 +177,7 @@ func (f *requestFacts) inspectStreamOptions(body []byte) *apiError {
 	}
 	var lookalike error
 	err := jsonscan.Members(body, f.streamOptions, func(key []byte, v jsonscan.Span) error {
-		if err := refuseLookalikeKey(key); err != nil {
+		if err := refuseLookalikeKey(key, chatKeys); err != nil {
 			lookalike = err
 			return err
 		}

@@ -121,7 +121,7 @@ func TestInspectRequestBadInput(t *testing.T) {
 				t.Fatalf("accepted: %+v", f)
 			}
 			rec := httptest.NewRecorder()
-			apiErr.write(rec)
+			apiErr.write(rec, nil)
 			var body struct {
 				Error struct {
 					Message string  `json:"message"`

@@ -108,12 +108,12 @@ func (m *arbstrMetrics) observeUpstreamHeaders(provider string, d time.Duration)
 	m.latency.WithLabelValues(provider).Observe(d.Seconds())
 }
 
-func (m *arbstrMetrics) observeFirstEvent(p *provider, model string, d time.Duration) {
+func (m *arbstrMetrics) observeFirstEvent(operation string, p *provider, model string, d time.Duration) {
 	if m == nil {
 		return
 	}
 	m.firstEvent.WithLabelValues(p.name).Observe(d.Seconds())
-	m.genAI.observeFirstToken(p, model, d)
+	m.genAI.observeFirstToken(operation, p, model, d)
 }
 
 // observeRequest counts a finished request. A request no provider served

@@ -118,11 +118,12 @@ type Provider struct {
 	// Name identifies the provider in headers, logs, metrics and the admin API.
 	Name string `json:"name"`
 
-	// URL is the base URL of the API, e.g. https://api.example/v1;
-	// /chat/completions and /models are appended to it.
+	// URL is the base URL of the API, e.g. https://api.example/v1; the
+	// path of each API (/chat/completions, /embeddings, /responses,
+	// /messages) and /models are appended to it.
 	URL string `json:"url"`
 
-	// APIKey is sent as a bearer token. Placeholders such as {env.KEY} and
+	// APIKey is sent as a bearer token (in x-api-key with `api anthropic`). Placeholders such as {env.KEY} and
 	// {file./run/secrets/key} are resolved at provision time. When empty, the
 	// environment variable ARBSTR_<NAME>_API_KEY is used if set.
 	APIKey string `json:"api_key,omitempty"`
@@ -154,6 +155,12 @@ type Provider struct {
 	// max_completion_tokens) is larger is not sent to it. 0: unknown, never
 	// skipped.
 	Context int `json:"context,omitempty"`
+
+	// API is the wire API the provider speaks: "openai" (the default: chat
+	// completions, embeddings, responses) or "anthropic" (Anthropic
+	// Messages: /messages is appended to URL, and the key goes in
+	// x-api-key). A request goes only to providers of its API.
+	API string `json:"api,omitempty"`
 
 	// Tier is the provider's class: "local", "standard" (the default) or
 	// "frontier". With a complexity block, easy requests may go to local
@@ -389,6 +396,13 @@ func (p *Provider) validate() error {
 	}
 	if _, err := parseTier(p.Tier); err != nil {
 		return fmt.Errorf("arbstr: provider %q: %v", p.Name, err)
+	}
+	api, err := parseProviderAPI(p.API)
+	if err != nil {
+		return fmt.Errorf("arbstr: provider %q: %v", p.Name, err)
+	}
+	if api == apiAnthropic && p.Prefill {
+		return fmt.Errorf("arbstr: provider %q: prefill continues chat completions, which an `api anthropic` provider does not serve; remove prefill", p.Name)
 	}
 	if p.Discover != nil && *p.Discover < 0 {
 		return fmt.Errorf("arbstr: provider %q: discover interval must not be negative", p.Name)

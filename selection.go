@@ -17,7 +17,8 @@ import (
 type provider struct {
 	name       string
 	baseURL    string
-	chatURL    string
+	api        providerAPI
+	urls       [protocolCount]string // the endpoint of each protocol, from baseURL
 	modelsURL  string
 	apiKey     string
 	redactKey  []byte // apiKey, when long enough to be redacted from relayed answers
@@ -47,7 +48,6 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 	rp := &provider{
 		name:       p.Name,
 		baseURL:    base,
-		chatURL:    base + "/chat/completions",
 		modelsURL:  base + "/models",
 		apiKey:     key,
 		served:     map[string]bool{},
@@ -60,6 +60,12 @@ func newProvider(p *Provider, repl *caddy.Replacer) (*provider, error) {
 	}
 	if rp.tier, err = parseTier(p.Tier); err != nil {
 		return nil, fmt.Errorf("arbstr: provider %q: %v", p.Name, err)
+	}
+	if rp.api, err = parseProviderAPI(p.API); err != nil {
+		return nil, fmt.Errorf("arbstr: provider %q: %v", p.Name, err)
+	}
+	for _, proto := range protocols {
+		rp.urls[proto.id()] = base + proto.path()
 	}
 	if p.Discover != nil {
 		rp.discover = cmp.Or(time.Duration(*p.Discover), defaultDiscoverInterval)
@@ -154,6 +160,7 @@ func (p *policy) allows(model string) bool {
 
 // selectionInput is what choose needs to know about one request.
 type selectionInput struct {
+	api          providerAPI // the providers that speak the request's API
 	model        string
 	policyHeader string // X-Arbstr-Policy, "" when absent
 	lastUserText string // lower-cased
@@ -315,7 +322,7 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 	servedBySomeone, passedPolicy := false, false
 	largestContext := 0 // of the providers whose window is too small
 	for _, p := range providers {
-		if !p.serves(in.model) {
+		if p.api != in.api || !p.serves(in.model) {
 			continue
 		}
 		servedBySomeone = true
@@ -331,7 +338,7 @@ func choose(providers []*provider, policies []*policy, in selectionInput, availa
 	}
 	switch {
 	case !servedBySomeone:
-		return plan{}, errModelNotFound(in.model)
+		return plan{}, errModelNotFound(in.model, in.api)
 	case !passedPolicy:
 		return plan{}, errPolicyExcludesAll(pol.name, in.model)
 	case len(ranks) == 0:
@@ -435,16 +442,13 @@ const policyHeader = "X-Arbstr-Policy"
 
 // selectionInputFor gathers what choose needs; the user's text is decoded
 // only when keyword policies could match it.
-func selectionInputFor(r *http.Request, facts *requestFacts, keywordPolicies bool) selectionInput {
-	out := facts.maxTokens
-	if out <= 0 {
-		out = defaultOutputTokens
-	}
+func selectionInputFor(r *http.Request, proto protocol, facts *requestFacts, keywordPolicies bool) selectionInput {
 	in := selectionInput{
+		api:          proto.api(),
 		model:        facts.model,
 		policyHeader: strings.TrimSpace(r.Header.Get(policyHeader)),
 		inTokens:     facts.textBytes / 4,
-		outTokens:    out,
+		outTokens:    facts.expectedOutput(defaultOutputTokens),
 		contextNeed:  len(facts.body)/3 + facts.maxTokens,
 	}
 	if keywordPolicies && in.policyHeader == "" {

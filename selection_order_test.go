@@ -110,7 +110,7 @@ func chooseSortingAll(providers []*provider, policies []*policy, in selectionInp
 	}
 	switch {
 	case !servedBySomeone:
-		return nil, errModelNotFound(in.model)
+		return nil, errModelNotFound(in.model, in.api)
 	case !passedPolicy:
 		return nil, errPolicyExcludesAll(pol.name, in.model)
 	case len(ranks) == 0:

@@ -40,7 +40,7 @@ func cfgInput(t testing.TB, policyHdr, body string) selectionInput {
 	if policyHdr != "" {
 		r.Header.Set(policyHeader, policyHdr)
 	}
-	return selectionInputFor(r, facts, true)
+	return selectionInputFor(r, protocols[protoChat], facts, true)
 }
 
 // cfgChat is a request body for model whose messages are given as
@@ -248,7 +248,7 @@ func TestSelectionChoose(t *testing.T) {
 					t.Fatalf("got candidates %v, want %d %s", cfgNames(pl.all()), tc.status, tc.code)
 				}
 				rec := httptest.NewRecorder()
-				apiErr.write(rec)
+				apiErr.write(rec, nil)
 				var body struct {
 					Error struct {
 						Code, Type string

@@ -13,14 +13,29 @@ import (
 	"github.com/arbstr/caddy-arbstr/internal/sse"
 )
 
-// chunkInfo is what arbstr needs from one streamed chunk.
+// chunkInfo is what arbstr needs from a provider's answer or one event of
+// its stream, whatever the API (protocol.judgeAnswer, judgeEvent).
 type chunkInfo struct {
 	valid     bool // a JSON object
-	isError   bool // {"error": ...}
-	finished  bool // a choice has a finish_reason
+	isError   bool // an error: {"error": ...}, or an API's error event
+	finished  bool // the answer is complete (a choice has a finish_reason, ...)
 	usage     usage
 	usageOnly bool // carries usage and no choices: the include_usage chunk
 	noChoices bool
+	// preamble: an event before the answer proper (the Responses API's
+	// response.created, Anthropic's message_start and ping). The commit
+	// gate holds it back with the stream's head: an error after it still
+	// moves on to the next provider.
+	preamble bool
+	// terminal: the stream's last event (chat's [DONE], response.completed,
+	// message_stop).
+	terminal bool
+	// marker: not relayed as it is (chat's [DONE]: the stream's end is
+	// written by arbstr, after the cost comment).
+	marker bool
+	// keepalive: says nothing of the answer (Anthropic's ping): relayed,
+	// but it does not reset the stream's idle timer (SPEC §8).
+	keepalive bool
 }
 
 var doneMarker = []byte("[DONE]")
@@ -61,20 +76,28 @@ func inspectChunk(data []byte) chunkInfo {
 	return info
 }
 
+// streamEvent is an event of a provider's stream kept past the scanner's
+// next read: the commit gate's held events.
+type streamEvent struct {
+	name, data []byte
+	info       chunkInfo
+}
+
 // passGate waits for the attempt's first good data event and stops its
-// first-event timer; ok is false when the attempt failed before it (res
-// says how), including when the timer fired first.
-func passGate(ex *exchange, at *attempt, sc *sse.Scanner, status int) (first []byte, info chunkInfo, res attemptResult, ok bool) {
-	first, info, res, ok = awaitFirstEvent(ex, at, sc, status)
+// first-event timer. held are the events to relay at commit: the preamble
+// events before it, then it. ok is false when the attempt failed before it
+// (res says how), including when the timer fired first.
+func passGate(ex *exchange, at *attempt, sc *sse.Scanner, status int) (held []streamEvent, res attemptResult, ok bool) {
+	held, res, ok = awaitFirstEvent(ex, at, sc, status)
 	if !ok {
-		return nil, info, res, false
+		return nil, res, false
 	}
 	// A timer that already fired has cancelled this attempt.
 	if !at.timer.Stop() {
-		return nil, info, attemptResult{class: classifyError(at.ctx, ex.r.Context(), errAttemptCancelled), status: status}, false
+		return nil, attemptResult{class: classifyError(at.ctx, ex.r.Context(), errAttemptCancelled), status: status}, false
 	}
-	ex.h.metrics.observeFirstEvent(at.provider, ex.facts.model, time.Since(at.start))
-	return first, info, res, true
+	ex.h.metrics.observeFirstEvent(ex.proto.operation(), at.provider, ex.facts.model, time.Since(at.start))
+	return held, res, true
 }
 
 // streamDelivery is the streaming delivery: hold everything back until the
@@ -84,7 +107,7 @@ type streamDelivery struct{}
 func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) attemptResult {
 	sc := sse.NewScanner(resp.Body)
 	defer sc.Release()
-	first, info, res, ok := passGate(ex, at, sc, resp.StatusCode)
+	held, res, ok := passGate(ex, at, sc, resp.StatusCode)
 	if !ok {
 		return res
 	}
@@ -93,14 +116,20 @@ func (streamDelivery) deliver(ex *exchange, at *attempt, resp *http.Response) at
 	ex.startContinuable(at.provider)
 	ex.commitStream(at.provider, resp.StatusCode)
 	at.onCommit()
-	return p.run(first, info)
+	return p.run(held)
 }
 
 var errAttemptCancelled = errors.New("attempt cancelled")
 
+// maxHeldEvents bounds the preamble events the commit gate holds: a
+// provider sending nothing but preamble is not answering.
+const maxHeldEvents = 16
+
 // awaitFirstEvent reads until the first data event that is good JSON and
-// not an error. Anything else before it is a failure of this attempt.
-func awaitFirstEvent(ex *exchange, at *attempt, sc *sse.Scanner, status int) ([]byte, chunkInfo, attemptResult, bool) {
+// not an error, holding the preamble events before it. Anything else before
+// it is a failure of this attempt.
+func awaitFirstEvent(ex *exchange, at *attempt, sc *sse.Scanner, status int) ([]streamEvent, attemptResult, bool) {
+	var held []streamEvent
 	for {
 		ev, err := sc.Next()
 		if err != nil {
@@ -108,21 +137,27 @@ func awaitFirstEvent(ex *exchange, at *attempt, sc *sse.Scanner, status int) ([]
 			if class == classNone {
 				class = classConnection
 			}
-			return nil, chunkInfo{}, attemptResult{class: class, status: status, err: err}, false
+			return nil, attemptResult{class: class, status: status, err: err}, false
 		}
-		if bytes.Equal(ev.Data, doneMarker) {
-			return nil, chunkInfo{}, attemptResult{class: classConnection, status: status,
-				err: errors.New("stream ended before its first event")}, false
-		}
-		info := inspectChunk(ev.Data)
+		info := ex.proto.judgeEvent(ev)
 		switch {
+		case info.marker:
+			return nil, attemptResult{class: classConnection, status: status,
+				err: errors.New("stream ended before its first event")}, false
 		case !info.valid:
 			continue // malformed events are dropped, before commit as after
 		case info.isError:
-			return nil, chunkInfo{}, attemptResult{class: classInBand, status: status,
+			return nil, attemptResult{class: classInBand, status: status,
 				err: errors.New("in-band error event")}, false
 		}
-		return bytes.Clone(ev.Data), info, attemptResult{}, true
+		held = append(held, streamEvent{name: bytes.Clone(ev.Name), data: bytes.Clone(ev.Data), info: info})
+		if !info.preamble {
+			return held, attemptResult{}, true
+		}
+		if len(held) > maxHeldEvents {
+			return nil, attemptResult{class: classBadResponse, status: status,
+				err: fmt.Errorf("more than %d events before the answer began", maxHeldEvents)}, false
+		}
 	}
 }
 
@@ -142,28 +177,30 @@ type pump struct {
 	idle         time.Duration
 	idleDeadline time.Time // when the idle timer fires, while it runs
 	continues    bool      // relays a continuation of a broken stream (§13)
+	terminalSent bool      // the provider's terminal event was relayed
 }
 
-func (p *pump) run(first []byte, info chunkInfo) attemptResult {
+func (p *pump) run(held []streamEvent) attemptResult {
 	p.idle = time.Duration(p.ex.h.StreamIdleTimeout)
 	p.idleTimer = time.AfterFunc(p.idle, func() { p.at.cancel(errStreamIdle) })
 	p.idleTimer.Stop()
 	defer p.idleTimer.Stop()
-	// The first event is flushed at once, not with those that came with it:
-	// the time to the first token is what users notice.
-	data, flushNow := first, true
-	for {
-		if res, done := p.forward(data, info); done {
+	for _, ev := range held {
+		if res, done := p.forward(ev.name, ev.data, ev.info); done {
 			return res
 		}
-		if flushNow {
-			flushNow = false
-			if p.flushPending() != nil {
-				return p.clientGone()
-			}
+		if ev.info.terminal {
+			return p.finish()
 		}
-		p.idleDeadline = time.Now().Add(p.idle)
-		p.idleTimer.Reset(p.idle)
+	}
+	// The first event is flushed at once, not with those that came with it:
+	// the time to the first token is what users notice.
+	if p.flushPending() != nil {
+		return p.clientGone()
+	}
+	p.idleDeadline = time.Now().Add(p.idle)
+	for {
+		p.idleTimer.Reset(time.Until(p.idleDeadline))
 		ev, err := p.sc.Next()
 		p.idleTimer.Stop()
 		if err != nil {
@@ -172,24 +209,34 @@ func (p *pump) run(first []byte, info chunkInfo) attemptResult {
 			}
 			return p.end(err)
 		}
-		if bytes.Equal(ev.Data, doneMarker) {
-			res := p.done()
-			p.drain()
+		info := p.ex.proto.judgeEvent(ev)
+		if !info.keepalive {
+			p.idleDeadline = time.Now().Add(p.idle)
+		}
+		if res, done := p.forward(ev.Name, ev.Data, info); done {
 			return res
 		}
-		data = ev.Data
-		info = inspectChunk(data)
+		if info.terminal {
+			return p.finish()
+		}
 	}
+}
+
+// finish ends a stream whose provider sent its terminal event.
+func (p *pump) finish() attemptResult {
+	res := p.done()
+	p.drain()
+	return res
 }
 
 // forward writes one event unless it is to be hidden or dropped. done means
 // the stream is over (the client left, or the event was an error).
-func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
-	if !info.valid {
+func (p *pump) forward(name, data []byte, info chunkInfo) (attemptResult, bool) {
+	if !info.valid || info.marker {
 		return attemptResult{}, false
 	}
 	if info.usage.known {
-		p.ex.usage = info.usage
+		p.ex.usage = p.ex.usage.update(info.usage)
 		if info.usageOnly && p.ex.injectUsage {
 			return attemptResult{}, false
 		}
@@ -206,7 +253,7 @@ func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
 			return attemptResult{}, false // a continuation's repeated role delta
 		}
 	}
-	ok := p.send(data)
+	ok := p.send(name, data)
 	if ok && info.isError {
 		ok = p.flushPending() == nil
 	}
@@ -217,27 +264,29 @@ func (p *pump) forward(data []byte, info chunkInfo) (attemptResult, bool) {
 		p.abort()
 		return attemptResult{class: classBrokenStream, committed: true, err: errors.New("provider sent an error event after commit")}, true
 	}
+	if info.terminal {
+		p.terminalSent = true
+	}
 	return attemptResult{}, false
 }
 
-// write sends one data event and flushes it with any before it.
-func (p *pump) write(data []byte) bool {
-	return p.send(data) && p.flushPending() == nil
+// writeRaw writes bytes arbstr made (an ending, an error event) and flushes
+// them with any events before them.
+func (p *pump) writeRaw(b []byte) bool {
+	if _, err := p.ex.w.Write(b); err != nil {
+		return false
+	}
+	p.pending = true
+	return p.flushPending() == nil
 }
 
-// send writes one data event and leaves it to be flushed when the scanner
-// next has to wait for the upstream (flushPending, its BeforeRead): events
-// that arrived together go out in one flush, as reverse_proxy sends them,
-// and none waits for a later one.
-func (p *pump) send(data []byte) bool {
+// send writes one event, under its name when it has one, and leaves it to
+// be flushed when the scanner next has to wait for the upstream
+// (flushPending, its BeforeRead): events that arrived together go out in
+// one flush, as reverse_proxy sends them, and none waits for a later one.
+func (p *pump) send(name, data []byte) bool {
 	data = p.at.provider.redact(data)
-	p.out = append(p.out[:0], "data: "...)
-	if bytes.IndexByte(data, '\n') < 0 {
-		p.out = append(p.out, data...)
-	} else {
-		p.out = append(p.out, bytes.ReplaceAll(data, []byte("\n"), []byte("\ndata: "))...)
-	}
-	p.out = append(p.out, "\n\n"...)
+	p.out = appendSSEEvent(p.out[:0], name, data)
 	if _, err := p.ex.w.Write(p.out); err != nil {
 		return false
 	}
@@ -277,7 +326,9 @@ func (p *pump) flushPending() error {
 	return nil
 }
 
-// done ends a complete stream: the cost as an SSE comment and trailer, then [DONE].
+// done ends a complete stream: the cost as an SSE comment and trailer, then
+// the API's closing when the provider's terminal event was not relayed
+// (chat's [DONE], which arbstr always writes itself).
 func (p *pump) done() attemptResult {
 	p.markContinued()
 	if cost, ok := p.ex.cost(); ok {
@@ -285,7 +336,11 @@ func (p *pump) done() attemptResult {
 		p.ex.w.Header().Set(http.TrailerPrefix+headerCost, c)
 		_, _ = fmt.Fprintf(p.ex.w, ": %s: %s\n\n", headerCost, c)
 	}
-	if !p.write(doneMarker) {
+	var closing []byte
+	if !p.terminalSent {
+		closing = p.ex.proto.closing()
+	}
+	if !p.writeRaw(closing) {
 		return p.clientGone()
 	}
 	return attemptResult{class: classNone, committed: true}
@@ -300,7 +355,7 @@ func (p *pump) end(err error) attemptResult {
 	// classifyError calls any plain read error classConnection; only a
 	// clean EOF (not io.ErrUnexpectedEOF, not a timeout) may complete.
 	case errors.Is(err, io.EOF) && class == classConnection && p.finished:
-		return p.done() // finished cleanly, only [DONE] was missing
+		return p.done() // finished cleanly, only the terminal event was missing
 	}
 	msg := "the provider's stream broke before the answer was complete"
 	if class == classBrokenStream {
@@ -312,7 +367,7 @@ func (p *pump) end(err error) attemptResult {
 	if res, handled := p.continueAfterBreak(e, err); handled {
 		return res
 	}
-	p.write(e.body())
+	p.writeRaw(p.ex.proto.errorEvent(e))
 	p.abort()
 	return attemptResult{class: classBrokenStream, committed: true, err: err}
 }

@@ -18,7 +18,8 @@ import (
 // labels are: provider names and model names come from the config, a model
 // name a client sent is used only when the config lists it ("*" otherwise).
 
-// genAIOperationChat is gen_ai.operation.name: arbstr only does chat completions.
+// genAIOperationChat is gen_ai.operation.name of chat completions, the
+// Responses API and Anthropic Messages; embeddings have their own.
 const genAIOperationChat = "chat"
 
 // tracerName is the instrumentation scope of arbstr's spans.
@@ -77,6 +78,7 @@ func responseModelLabel(p *provider, model string) string {
 // attemptTelemetry follows one attempt: its GenAI metrics and, when the
 // request is traced, its span.
 type attemptTelemetry struct {
+	operation     string // gen_ai.operation.name of the request's API
 	provider      *provider
 	requestModel  string
 	responseModel string
@@ -89,14 +91,14 @@ type attemptTelemetry struct {
 // the attempt's span is its child, made by the same tracer provider, so no
 // tracer of arbstr's own is configured anywhere.
 func (h *Handler) beginAttempt(ex *exchange, p *provider) attemptTelemetry {
-	t := attemptTelemetry{provider: p, start: time.Now()}
+	t := attemptTelemetry{operation: ex.proto.operation(), provider: p, start: time.Now()}
 	t.requestModel, t.responseModel = metricModel(p, ex.facts.model), responseModelLabel(p, ex.facts.model)
 	parent := trace.SpanFromContext(ex.r.Context())
 	if !parent.IsRecording() {
 		return t // tracing off or this request not sampled: nothing to record
 	}
 	attrs := []attribute.KeyValue{
-		semconv.GenAIOperationNameKey.String(genAIOperationChat),
+		semconv.GenAIOperationNameKey.String(t.operation),
 		semconv.GenAIProviderNameKey.String(p.name),
 		semconv.GenAIRequestModelKey.String(t.requestModel),
 		attribute.String("arbstr.request_id", ex.requestID),
@@ -106,7 +108,7 @@ func (h *Handler) beginAttempt(ex *exchange, p *provider) attemptTelemetry {
 	}
 	// Span name by the conventions: "{gen_ai.operation.name} {gen_ai.request.model}".
 	_, t.span = parent.TracerProvider().Tracer(tracerName).Start(ex.r.Context(),
-		genAIOperationChat+" "+t.requestModel, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+		t.operation+" "+t.requestModel, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 	return t
 }
 
@@ -153,12 +155,12 @@ func (t *attemptTelemetry) end(ex *exchange, m *arbstrMetrics, res attemptResult
 
 // labels are the metric labels of the attempt, then last.
 func (t *attemptTelemetry) labels(last string) []string {
-	return []string{genAIOperationChat, t.provider.name, t.requestModel, t.responseModel, last}
+	return []string{t.operation, t.provider.name, t.requestModel, t.responseModel, last}
 }
 
 // observeFirstToken records a stream's time to its first data event.
-func (g genAIMetrics) observeFirstToken(p *provider, model string, d time.Duration) {
-	g.firstToken.WithLabelValues(genAIOperationChat, p.name, metricModel(p, model), responseModelLabel(p, model)).Observe(d.Seconds())
+func (g genAIMetrics) observeFirstToken(operation string, p *provider, model string, d time.Duration) {
+	g.firstToken.WithLabelValues(operation, p.name, metricModel(p, model), responseModelLabel(p, model)).Observe(d.Seconds())
 }
 
 // serverAddress is the host and port of a provider's URL, for server.address

@@ -160,12 +160,12 @@ func chooseTiered(byTier [tierCount][]*provider, policies []*policy, in selectio
 	}
 	for t := tierLocal; t < need; t++ {
 		for _, p := range byTier[t] {
-			if p.serves(in.model) {
+			if p.api == in.api && p.serves(in.model) {
 				return plan{}, errNoProviderOfTier(in.model, need)
 			}
 		}
 	}
-	return plan{}, errModelNotFound(in.model)
+	return plan{}, errModelNotFound(in.model, in.api)
 }
 
 func errNoProviderOfTier(model string, need tier) *apiError {

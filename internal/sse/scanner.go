@@ -18,16 +18,23 @@ const MaxEventSize = 4 << 20
 var ErrEventTooLarge = errors.New("SSE event larger than 4 MB")
 
 // Event is one server-sent event that has data: its data lines joined by
-// "\n". Other fields (event:, id:, comments) are not used by the OpenAI
-// protocol.
+// "\n", and its event: field (the Responses and Anthropic Messages APIs
+// name their events; chat completions do not). Other fields (id:, retry:,
+// comments) are not used by the LLM APIs.
 type Event struct {
+	Name []byte
 	Data []byte
 }
+
+// MaxEventName bounds an event's name; a longer event: field is dropped
+// (the APIs' names are short, and a hostile provider must not grow them).
+const MaxEventName = 128
 
 // Scanner reads events from a stream, reusing its buffers.
 type Scanner struct {
 	r    *bufio.Reader
 	data []byte
+	name []byte
 	line []byte
 	// BeforeRead, when set, runs whenever the scanner is about to read from
 	// the upstream (and may block there) because its buffer is used up. An
@@ -74,11 +81,11 @@ func (src source) Read(b []byte) (int, error) {
 	return src.r.Read(b)
 }
 
-// Next returns the next event that has data. The event's data is valid
-// until the following call. At the end of the stream it returns io.EOF,
+// Next returns the next event that has data. The event's name and data are
+// valid until the following call. At the end of the stream it returns io.EOF,
 // also when the stream ended in the middle of an event.
 func (s *Scanner) Next() (Event, error) {
-	s.data = s.data[:0]
+	s.data, s.name = s.data[:0], s.name[:0]
 	hasData := false
 	for {
 		line, err := s.readLine()
@@ -87,7 +94,14 @@ func (s *Scanner) Next() (Event, error) {
 		}
 		if len(line) == 0 {
 			if hasData {
-				return Event{Data: s.data}, nil
+				return Event{Name: s.name, Data: s.data}, nil
+			}
+			s.name = s.name[:0]
+			continue
+		}
+		if value, ok := fieldValue(line, "event"); ok {
+			if len(value) <= MaxEventName {
+				s.name = append(s.name[:0], value...)
 			}
 			continue
 		}
