@@ -350,6 +350,10 @@ func TestCaddyfileJSONValidateRefuses(t *testing.T) {
 		{"negative cooldown_max", func(h *Handler) { h.CooldownMax = -1 }, "cooldown_max must not be negative"},
 		{"negative fallbacks", func(h *Handler) { h.Retry = &RetryConfig{Fallbacks: &Fallbacks{N: -1}} }, "fallbacks"},
 		{"unknown tier", func(h *Handler) { h.Providers[0].Tier = "gold" }, "not one of local, standard, frontier"},
+		{"unknown api", func(h *Handler) { h.Providers[0].API = "gemini" }, `api "gemini" is not known; use openai (the default) or anthropic`},
+		{"prefill on an anthropic provider", func(h *Handler) {
+			h.Providers[0].API, h.Providers[0].Prefill = "anthropic", true
+		}, "prefill continues chat completions"},
 		{"negative discover", func(h *Handler) { d := caddy.Duration(-1); h.Providers[0].Discover = &d }, "discover interval must not be negative"},
 		{"complexity high out of range", func(h *Handler) { v := 1.5; h.Complexity = &ComplexityConfig{High: &v} }, "[0, 1]"},
 		{"complexity without a frontier provider", func(h *Handler) { h.Complexity = &ComplexityConfig{} }, "mark one 'tier frontier' or set 'high 1'"},
