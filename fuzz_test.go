@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/arbstr/caddy-arbstr/internal/sse"
 )
 
 // Fuzz targets for everything that reads input arbstr does not control:
@@ -203,6 +205,67 @@ func fzExpectedUpstream(body []byte, model string, injectUsage bool) map[string]
 		want["stream_options"] = opts
 	}
 	return want
+}
+
+// FuzzProtocols feeds arbitrary bodies to the embeddings, Responses and
+// Anthropic Messages inspections and answers and events to their judges:
+// never a panic, a refusal is a 400 in the API's shape, an accepted body
+// is a JSON object whose model and stream arbstr read right, and the
+// upstream body changes the model alone.
+func FuzzProtocols(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"e","input":"hello"}`,
+		`{"model":"e","input":["a","b"],"encoding_format":"base64"}`,
+		`{"model":"e","input":[[1,2,3],[4]]}`,
+		`{"model":"e","input":[1,2,{}]}`,
+		`{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"hi"}]}],"stream":true,"max_output_tokens":9}`,
+		`{"model":"m","instructions":"be brief","input":"x"}`,
+		`{"model":"claude","max_tokens":1024,"system":[{"type":"text","text":"s"}],"messages":[{"role":"user","content":"hi"}],"stream":true}`,
+		`{"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":2}}}`,
+		`{"type":"message_start","message":{"usage":{"input_tokens":5,"output_tokens":1}}}`,
+		`{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}`,
+		`{"type":"error","error":{"type":"overloaded_error","message":"x"}}`,
+		`{"type":"error","code":"c","message":"m"}`,
+		`[]`, `null`, ``, `{`, `{"model":"a","model":"b","input":"x"}`,
+	} {
+		for i := range 3 {
+			f.Add([]byte(s), uint8(i))
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte, which uint8) {
+		proto := protocols[1+int(which)%3]
+		orig := bytes.Clone(body)
+		_ = proto.judgeAnswer(body)
+		_ = proto.judgeEvent(sse.Event{Name: []byte("x"), Data: body})
+		facts, apiErr := proto.inspect(body)
+		if !bytes.Equal(body, orig) {
+			t.Fatal("inspection modified the body")
+		}
+		if apiErr != nil {
+			if apiErr.status != http.StatusBadRequest || !json.Valid(proto.errorBody(apiErr)) {
+				t.Fatalf("refusal %d %s, want a 400 in JSON", apiErr.status, proto.errorBody(apiErr))
+			}
+			return
+		}
+		var decoded map[string]any
+		if err := json.Unmarshal(body, &decoded); err != nil {
+			t.Fatalf("%s accepted a body that is not a JSON object: %v", proto.endpoint(), err)
+		}
+		if m, _ := decoded["model"].(string); m != facts.model {
+			t.Fatalf("model read as %q, JSON says %q", facts.model, decoded["model"])
+		}
+		if s, _ := decoded["stream"].(bool); s != facts.stream {
+			t.Fatalf("stream read as %v, JSON says %v", facts.stream, decoded["stream"])
+		}
+		if facts.injectUsage {
+			t.Fatalf("%s asks for include_usage", proto.endpoint())
+		}
+		out := upstreamBody(body, facts, facts.model+"-up", false)
+		var got map[string]any
+		if err := json.Unmarshal(out, &got); err != nil || !reflect.DeepEqual(got, fzExpectedUpstream(body, facts.model+"-up", false)) {
+			t.Fatalf("upstream body changed more than the model\nin:  %s\nout: %s", body, out)
+		}
+	})
 }
 
 // fzMaxRetryAfter is the longest hint parseRetryAfter may return: the

@@ -196,6 +196,12 @@ type providerInfo struct {
 	CooldownMax string `json:"cooldown_max"`
 	// Tier is the provider's tier: local, standard or frontier.
 	Tier string `json:"tier"`
+	// API is the wire API the provider speaks: openai or anthropic.
+	API string `json:"api"`
+	// Prefill: the provider finishes broken chat streams (SPEC §13).
+	Prefill bool `json:"prefill"`
+	// Context is the provider's context window in tokens; 0: unknown.
+	Context int `json:"context"`
 	// Discovery is the state of model discovery, for providers with discover.
 	Discovery *discoveryStatus `json:"discovery,omitempty"`
 }
@@ -247,7 +253,8 @@ func (p *provider) info() providerInfo {
 		models = []string{}
 	}
 	return providerInfo{Name: p.name, URL: p.baseURL, Models: models, AnyModel: anyModel,
-		InputRate: p.inputRate, OutputRate: p.outputRate, BaseFee: p.baseFee, Tier: p.tier.String()}
+		InputRate: p.inputRate, OutputRate: p.outputRate, BaseFee: p.baseFee, Tier: p.tier.String(),
+		API: p.api.String(), Prefill: p.prefill, Context: p.context}
 }
 
 func (reg *healthRegistry) release() {

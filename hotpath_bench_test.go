@@ -78,6 +78,76 @@ func BenchmarkSSEScan(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
 }
 
+// hpResponsesStream is a Responses API stream of events text deltas, as
+// OpenAI sends it: named events, a sequence number on each, the whole
+// response in the first and the last.
+func hpResponsesStream(events int) []byte {
+	var b bytes.Buffer
+	seq := 0
+	event := func(name, data string) {
+		fmt.Fprintf(&b, "event: %s\ndata: {\"type\":%q,\"sequence_number\":%d,%s}\n\n", name, name, seq, data)
+		seq++
+	}
+	response := func(status, usage string) string {
+		return fmt.Sprintf(`"response":{"id":"resp_1","object":"response","created_at":1700000000,"status":%q,"model":"bench-model","output":[],"usage":%s}`, status, usage)
+	}
+	event("response.created", response("in_progress", "null"))
+	event("response.in_progress", response("in_progress", "null"))
+	event("response.output_item.added", `"output_index":0,"item":{"id":"msg_1","type":"message","status":"in_progress","role":"assistant","content":[]}`)
+	event("response.content_part.added", `"item_id":"msg_1","output_index":0,"content_index":0,"part":{"type":"output_text","text":"","annotations":[]}`)
+	for i := range events {
+		event("response.output_text.delta", fmt.Sprintf(`"item_id":"msg_1","output_index":0,"content_index":0,"delta":" word%d","logprobs":[]`, i))
+	}
+	event("response.output_text.done", `"item_id":"msg_1","output_index":0,"content_index":0,"text":"...","logprobs":[]`)
+	event("response.completed", response("completed", `{"input_tokens":12,"output_tokens":200,"total_tokens":212}`))
+	return b.Bytes()
+}
+
+// BenchmarkStreamEvents is the pump's per-event work minus the I/O, for
+// each API: scan an event, judge it, write it out for the client. The
+// ns/event of responses against chat is the cost of the Responses API's
+// named, heavier events (issue 15's bench).
+func BenchmarkStreamEvents(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		proto  protocol
+		stream []byte
+	}{
+		{"chat", protocols[protoChat], hpStream(200)},
+		{"responses", protocols[protoResponses], hpResponsesStream(200)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(tc.stream)))
+			b.ReportAllocs()
+			var out []byte
+			events := 0
+			for b.Loop() {
+				sc := sse.NewScanner(bytes.NewReader(tc.stream))
+				events = 0
+				terminal := false
+				for {
+					ev, err := sc.Next()
+					if err != nil {
+						break
+					}
+					events++
+					info := tc.proto.judgeEvent(ev)
+					if !info.valid || info.isError {
+						b.Fatalf("event %d: %+v %s", events, info, ev.Data)
+					}
+					terminal = terminal || info.terminal
+					out = appendSSEEvent(out[:0], ev.Name, ev.Data)
+				}
+				sc.Release()
+				if !terminal {
+					b.Fatal("the stream's terminal event was not seen")
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
+		})
+	}
+}
+
 // hpCaddy is an in-process Caddy for benchmarks: the stand-in upstream, a
 // reverse_proxy site and an arbstr site (startCaddy takes a *testing.T).
 type hpCaddy struct {

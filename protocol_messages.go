@@ -43,10 +43,13 @@ func (messagesProtocol) inspect(body []byte) (*requestFacts, *apiError) {
 		return nil, errInvalidRequest("messages", "'messages' is required and must be an array")
 	}
 	// Anthropic requires max_tokens: a request without it would only be
-	// refused by the provider, after a reservation and an attempt.
-	if f.maxTokens = positiveInt(body, maxTokens); f.maxTokens == 0 {
-		return nil, errInvalidRequest("max_tokens", "'max_tokens' is required and must be a positive integer")
+	// refused by the provider, after a reservation and an attempt. 0 is
+	// valid (it warms the prompt cache and generates nothing).
+	if maxTokens.Kind != jsonscan.Number || (positiveInt(body, maxTokens) == 0 && !isZero(body, maxTokens)) {
+		return nil, errInvalidRequest("max_tokens", "'max_tokens' is required and must be an integer ≥ 0")
 	}
+	f.maxTokens = positiveInt(body, maxTokens)
+	f.noOutput = f.maxTokens == 0
 	switch system.Kind {
 	case jsonscan.Invalid, jsonscan.Null, jsonscan.String, jsonscan.Array:
 		f.textBytes += textBytes(body, system)
@@ -57,6 +60,11 @@ func (messagesProtocol) inspect(body []byte) (*requestFacts, *apiError) {
 		return nil, apiErr
 	}
 	return f, nil
+}
+
+// isZero reports whether a number member is the integer 0.
+func isZero(body []byte, v jsonscan.Span) bool {
+	return string(body[v.Start:v.End]) == "0"
 }
 
 // judgeAnswer reads a Message (or an error object) and its usage.

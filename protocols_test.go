@@ -126,6 +126,8 @@ func TestProtocolBadInputNeverReachesAProvider(t *testing.T) {
 		{"/v1/responses", `not json`, "", "not valid JSON"},
 		{"/v1/messages", `{"model":"m","messages":[{"role":"user","content":"x"}]}`, "max_tokens", "'max_tokens' is required"},
 		{"/v1/messages", `{"model":"m","max_tokens":5}`, "messages", "'messages' is required"},
+		{"/v1/messages", `{"model":"m","max_tokens":-1,"messages":[]}`, "max_tokens", "integer ≥ 0"},
+		{"/v1/messages", `{"model":"m","max_tokens":1.5,"messages":[]}`, "max_tokens", "integer ≥ 0"},
 		{"/v1/messages", `{"model":"m","max_tokens":5,"messages":[],"system":5}`, "system", "'system' must be"},
 		{"/v1/messages", `{"model":"m","max_tokens":5,"messages":[],"stream":"yes"}`, "stream", "'stream' must be a boolean"},
 	}
@@ -238,11 +240,17 @@ func TestResponsesStreamBreakEndsHonestly(t *testing.T) {
 		ptEvents(w, "response.created", ptCreated, "response.output_text.delta", ptDelta)
 		stCut(t, w, false)
 	})
-	tc := startCaddy(t, ptSite(ptProvider("only", up.url(), 1, 1, 0)))
+	// A prefill provider could finish a chat stream; Responses streams are
+	// not continued (§13 is chat's), so it must stay idle.
+	spare := rtNewUpstream(t, nil)
+	tc := startCaddy(t, ptSite(ptProvider("only", up.url(), 1, 1, 0), ptProvider("spare", spare.url(), 9, 9, 0, "prefill")))
 	resp := rtDo(t, tc, http.MethodPost, "/v1/responses", strings.NewReader(`{"model":"m","input":"hello","stream":true}`))
 	body, cut := readCut(resp)
 	if !cut {
 		t.Error("the response ended cleanly; a broken stream must be cut")
+	}
+	if spare.count() != 0 {
+		t.Errorf("a Responses stream was continued by the prefill provider (%d requests)", spare.count())
 	}
 	events, _ := ptNamedEvents(body)
 	last := events[len(events)-1]
@@ -308,6 +316,11 @@ func TestMessagesGoOnlyToAnthropicProvidersWithTheirHeaders(t *testing.T) {
 			t.Errorf("provider saw %s %q, want %q", name, v, want)
 		}
 	}
+
+	// max_tokens 0 warms a prompt cache: valid, and forwarded.
+	resp = rtDo(t, tc, http.MethodPost, "/v1/messages",
+		strings.NewReader(`{"model":"claude","max_tokens":0,"messages":[{"role":"user","content":"hello"}]}`))
+	rtExpectOK(t, resp, "anthropic")
 
 	// And a chat completion never goes to the Anthropic provider.
 	resp = rtDo(t, tc, http.MethodPost, "/v1/chat/completions", strings.NewReader(rtChat))

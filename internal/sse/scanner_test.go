@@ -149,3 +149,30 @@ func TestScannerReusesBuffers(t *testing.T) {
 		t.Errorf("%.1f allocations per event; the scanner should reuse its buffers", allocs)
 	}
 }
+
+// TestScannerEventNames: the Responses and Anthropic APIs name their events;
+// a name belongs to its event only, never to the next one, and an event
+// without data (a name alone) is no event.
+func TestScannerEventNames(t *testing.T) {
+	input := "event: message_start\ndata: {\"a\":1}\n\n" +
+		"data: unnamed\n\n" +
+		"event: orphan\n\n" +
+		"data: after orphan\n\n" +
+		"event:ping\r\ndata: {}\r\n\r\n" +
+		"event: " + strings.Repeat("x", MaxEventName+1) + "\ndata: long name\n\n"
+	sc := NewScanner(strings.NewReader(input))
+	defer sc.Release()
+	want := [][2]string{{"message_start", `{"a":1}`}, {"", "unnamed"}, {"", "after orphan"}, {"ping", "{}"}, {"", "long name"}}
+	for i, w := range want {
+		ev, err := sc.Next()
+		if err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		if string(ev.Name) != w[0] || string(ev.Data) != w[1] {
+			t.Errorf("event %d: name %q data %q, want %q %q", i, ev.Name, ev.Data, w[0], w[1])
+		}
+	}
+	if _, err := sc.Next(); !errors.Is(err, io.EOF) {
+		t.Errorf("after the last event: %v, want EOF", err)
+	}
+}
