@@ -142,7 +142,7 @@ func TestEmbeddingsBase64(t *testing.T) {
 func TestEmbeddingsTokenInput(t *testing.T) {
 	srv, _ := testServer(t, &Provider{})
 	tests := []struct {
-		input          string
+		input         string
 		items, tokens int
 	}{
 		{`[1,2,3]`, 1, 3},
