@@ -214,13 +214,13 @@ func (ex *embeddingExchange) body() any {
 // different ones. The values are float32 so that the float and base64
 // encodings carry the same numbers.
 func embeddingVector(key []byte, dims int) []float32 {
+	h := fnv.New64a()
+	_, _ = h.Write(key)
+	seed := h.Sum64()
 	vec := make([]float32, dims)
 	var norm float64
 	for i := range vec {
-		h := fnv.New64a()
-		_, _ = h.Write(key)
-		_, _ = h.Write([]byte{byte(i), byte(i >> 8)})
-		v := float64(h.Sum64()>>11)/float64(1<<53)*2 - 1 // in [-1, 1)
+		v := float64(splitMix64(seed+uint64(i)*0x9e3779b97f4a7c15)>>11)/float64(1<<53)*2 - 1 // in [-1, 1)
 		vec[i] = float32(v)
 		norm += v * v
 	}
@@ -230,6 +230,14 @@ func embeddingVector(key []byte, dims int) []float32 {
 		}
 	}
 	return vec
+}
+
+// splitMix64 scrambles x (the SplitMix64 finaliser), so that neighbouring
+// seeds give unrelated values.
+func splitMix64(x uint64) uint64 {
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 // encodeFloat32s is OpenAI's base64 embedding encoding: the vector as

@@ -66,9 +66,11 @@ const (
 )
 
 // Provider is a fake OpenAI-compatible LLM provider. It answers
-// POST .../chat/completions (streaming and not), GET .../models and
-// GET/DELETE .../standin/requests, and can inject latency, error statuses and
-// transport or stream faults. It is meant for demos, tests and benchmarks of
+// POST .../chat/completions, .../responses and .../messages (Anthropic;
+// streaming and not), POST .../embeddings, GET .../models,
+// GET/DELETE .../standin/requests and GET .../standin/last-request, and can
+// inject latency, error statuses and transport or stream faults into every
+// API. It is meant for demos, tests and benchmarks of
 // the arbstr router, never for production traffic.
 type Provider struct {
 	// Name identifies this stand-in: it is sent in the x-standin-name response
@@ -88,7 +90,7 @@ type Provider struct {
 	// It also sets completion_tokens and the non-streaming content.
 	Events int `json:"events,omitempty"`
 
-	// Latency is waited before the response headers of a chat request
+	// Latency is waited before the response headers of an API request
 	// (non-streaming: before the whole answer).
 	Latency caddy.Duration `json:"latency,omitempty"`
 
@@ -99,8 +101,9 @@ type Provider struct {
 	// Pace is waited, when streaming, between two consecutive events.
 	Pace caddy.Duration `json:"pace,omitempty"`
 
-	// FailStatus, if set (400..599), makes chat requests fail with this status
-	// and an OpenAI-style error body. Mutually exclusive with Fault.
+	// FailStatus, if set (400..599), makes API requests fail with this status
+	// and an error body in the API's shape (OpenAI's, or Anthropic's on
+	// .../messages). Mutually exclusive with Fault.
 	FailStatus int `json:"fail_status,omitempty"`
 
 	// RetryAfter, with FailStatus, sends a Retry-After header in whole
@@ -111,12 +114,12 @@ type Provider struct {
 	// number of milliseconds.
 	RetryAfterMs int `json:"retry_after_ms,omitempty"`
 
-	// FailFirst limits FailStatus or Fault to the first N chat requests
+	// FailFirst limits FailStatus or Fault to the first N API requests
 	// (counted since start or the last DELETE .../standin/requests); later
 	// requests are healthy. 0 means every request fails.
 	FailFirst int `json:"fail_first,omitempty"`
 
-	// Fault injects a failure into chat requests. One of: reset (connection
+	// Fault injects a failure into API requests. One of: reset (connection
 	// reset before any response), hang (never answer), error_event (in-band
 	// SSE error event; 500 when not streaming), cut (abort the connection
 	// mid-stream or mid-body), stall (stop mid-stream and wait; hang when not
