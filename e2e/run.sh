@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end tests: the built Caddy with arbstr, driven by real clients.
 #   1. build the binary once (bin/caddy, copied to a temp dir for the suites)
-#   2. Node: the official `openai` npm SDK (e2e/node, node --test)
-#   3. Go: the official openai-go SDK (e2e/go, its own module)
+#   2. Node: the official `openai` and `@anthropic-ai/sdk` npm SDKs (e2e/node,
+#      node --test)
+#   3. Go: the official openai-go and anthropic-sdk-go SDKs (e2e/go, its own
+#      module)
 #   4. curl: scripts/demo.sh --once, exactly as the README runs it
 # Suites 2 and 3 start their own Caddy on free ports of 127.0.0.1 from
 # e2e/Caddyfile.tmpl; only the demo uses its fixed ports (8080-8082, 2019).
@@ -125,8 +127,8 @@ demo_test() {
 	return $ok
 }
 
-part "node: openai npm SDK" node_suite
-part "go: openai-go SDK" go_suite
+part "node: openai and anthropic npm SDKs" node_suite
+part "go: openai-go and anthropic-sdk-go SDKs" go_suite
 part "curl: scripts/demo.sh --once" demo_test
 
 section "summary"

@@ -66,9 +66,11 @@ const (
 )
 
 // Provider is a fake OpenAI-compatible LLM provider. It answers
-// POST .../chat/completions (streaming and not), GET .../models and
-// GET/DELETE .../standin/requests, and can inject latency, error statuses and
-// transport or stream faults. It is meant for demos, tests and benchmarks of
+// POST .../chat/completions, .../responses and .../messages (Anthropic;
+// streaming and not), POST .../embeddings, GET .../models,
+// GET/DELETE .../standin/requests and GET .../standin/last-request, and can
+// inject latency, error statuses and transport or stream faults into every
+// API. It is meant for demos, tests and benchmarks of
 // the arbstr router, never for production traffic.
 type Provider struct {
 	// Name identifies this stand-in: it is sent in the x-standin-name response
@@ -88,7 +90,7 @@ type Provider struct {
 	// It also sets completion_tokens and the non-streaming content.
 	Events int `json:"events,omitempty"`
 
-	// Latency is waited before the response headers of a chat request
+	// Latency is waited before the response headers of an API request
 	// (non-streaming: before the whole answer).
 	Latency caddy.Duration `json:"latency,omitempty"`
 
@@ -99,8 +101,9 @@ type Provider struct {
 	// Pace is waited, when streaming, between two consecutive events.
 	Pace caddy.Duration `json:"pace,omitempty"`
 
-	// FailStatus, if set (400..599), makes chat requests fail with this status
-	// and an OpenAI-style error body. Mutually exclusive with Fault.
+	// FailStatus, if set (400..599), makes API requests fail with this status
+	// and an error body in the API's shape (OpenAI's, or Anthropic's on
+	// .../messages). Mutually exclusive with Fault.
 	FailStatus int `json:"fail_status,omitempty"`
 
 	// RetryAfter, with FailStatus, sends a Retry-After header in whole
@@ -111,12 +114,12 @@ type Provider struct {
 	// number of milliseconds.
 	RetryAfterMs int `json:"retry_after_ms,omitempty"`
 
-	// FailFirst limits FailStatus or Fault to the first N chat requests
+	// FailFirst limits FailStatus or Fault to the first N API requests
 	// (counted since start or the last DELETE .../standin/requests); later
 	// requests are healthy. 0 means every request fails.
 	FailFirst int `json:"fail_first,omitempty"`
 
-	// Fault injects a failure into chat requests. One of: reset (connection
+	// Fault injects a failure into API requests. One of: reset (connection
 	// reset before any response), hang (never answer), error_event (in-band
 	// SSE error event; 500 when not streaming), cut (abort the connection
 	// mid-stream or mid-body), stall (stop mid-stream and wait; hang when not
@@ -142,6 +145,7 @@ type Provider struct {
 	Context int `json:"context,omitempty"`
 
 	requests      atomic.Int64
+	last          atomic.Pointer[lastRequest] // served by GET .../standin/last-request
 	completionSeq atomic.Int64
 	models        atomic.Pointer[[]string] // served by GET .../models; PUT .../standin/models replaces it
 	created       int64
@@ -254,7 +258,8 @@ func (s *Provider) faultAfter() int {
 }
 
 // ServeHTTP answers every request itself (it never calls next): chat
-// completions, the model list, the request counter, or a 404.
+// completions, embeddings, responses, Anthropic messages, the model list, the
+// request counter, or a 404.
 func (s *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	if s.Name != "" {
 		w.Header().Set("X-Standin-Name", s.Name)
@@ -263,6 +268,14 @@ func (s *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp
 	switch {
 	case strings.HasSuffix(path, "/chat/completions"):
 		return s.serveChat(w, r)
+	case strings.HasSuffix(path, "/embeddings"):
+		return s.serveEmbeddings(w, r)
+	case strings.HasSuffix(path, "/responses"):
+		return s.serveResponses(w, r)
+	case strings.HasSuffix(path, "/messages"):
+		return s.serveMessages(w, r)
+	case strings.HasSuffix(path, "/standin/last-request"):
+		return s.serveLastRequest(w, r)
 	case strings.HasSuffix(path, "/standin/requests"):
 		return s.serveRequestCount(w, r)
 	case strings.HasSuffix(path, "/standin/models"):
@@ -319,28 +332,88 @@ func (s *Provider) serveChat(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		return methodNotAllowed(w, http.MethodPost)
 	}
-	n := s.requests.Add(1)
-	req, status, err := readChatRequest(w, r)
-	if err != nil {
+	n := s.count(r)
+	var req chatRequest
+	if status, err := readJSONBody(w, r, &req); err != nil {
 		return writeError(w, status, "invalid_request_error", "invalid_body", err.Error())
 	}
 	if refused, err := s.refuseRequest(w, req); refused {
 		return err
 	}
-	ex := s.newExchange(w, r, req)
-	if !wait(r.Context(), time.Duration(s.Latency)) {
-		return nil
-	}
-	if !s.failsRequest(n) {
-		return ex.serveHealthy()
-	}
-	if s.FailStatus != 0 {
-		return ex.serveFailStatus()
-	}
-	return ex.serveFault()
+	return s.answer(n, s.newExchange(w, r, req))
 }
 
-// failsRequest tells whether the n-th chat request (1-based) gets the
+// count counts a request of any API (the counter of GET .../standin/requests
+// and fail_first) and keeps it for GET .../standin/last-request; it returns
+// the request's 1-based number.
+func (s *Provider) count(r *http.Request) int64 {
+	s.last.Store(&lastRequest{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone()})
+	return s.requests.Add(1)
+}
+
+// serveLastRequest answers GET .../standin/last-request with the method, path
+// and headers of the last API request, so that a test can check what a
+// provider saw (e.g. which API key arbstr sent).
+func (s *Provider) serveLastRequest(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return methodNotAllowed(w, http.MethodGet)
+	}
+	last := s.last.Load()
+	if last == nil {
+		return writeError(w, http.StatusNotFound, "invalid_request_error", "no_request",
+			"no API request received yet; send one first")
+	}
+	return writeJSON(w, http.StatusOK, last)
+}
+
+// lastRequest is what GET .../standin/last-request answers.
+type lastRequest struct {
+	// Method is the HTTP method of the request.
+	Method string `json:"method"`
+	// Path is the URL path of the request.
+	Path string `json:"path"`
+	// Header holds the request headers, keys in canonical form.
+	Header http.Header `json:"headers"`
+}
+
+// protocol is what one API (chat completions, embeddings, responses,
+// messages) adds to the shared request flow of answer: its bodies, its
+// stream and its error shape.
+type protocol interface {
+	// reply is the response being written.
+	reply() *reply
+	// streaming tells whether the client asked for a stream.
+	streaming() bool
+	// body is the whole non-streaming answer.
+	body() any
+	// stream sends a whole stream with fault ("" for none) injected.
+	stream(fault string) error
+	// streamErrorEvent answers 200, then the in-band error as the first event.
+	streamErrorEvent() error
+	// writeError answers status with an error body in the API's shape; code
+	// is the OpenAI error code (APIs without codes ignore it).
+	writeError(status int, code, message string) error
+}
+
+// answer is the request flow every API shares once its request is read:
+// latency, then a healthy answer, the fail_status or the fault.
+func (s *Provider) answer(n int64, p protocol) error {
+	rp := p.reply()
+	if !wait(rp.ctx, time.Duration(s.Latency)) {
+		return nil
+	}
+	switch {
+	case !s.failsRequest(n) && p.streaming():
+		return p.stream("")
+	case !s.failsRequest(n):
+		return writeJSON(rp.w, http.StatusOK, p.body())
+	case s.FailStatus != 0:
+		return s.serveFailStatus(p)
+	}
+	return s.serveFault(p)
+}
+
+// failsRequest tells whether the n-th request (1-based) gets the
 // configured fail_status or fault.
 func (s *Provider) failsRequest(n int64) bool {
 	if s.FailStatus == 0 && s.Fault == "" {
@@ -355,21 +428,12 @@ func (s *Provider) newExchange(w http.ResponseWriter, r *http.Request, req chatR
 		model = s.Models[0]
 	}
 	prompt := max(1, req.promptBytes()/4)
-	pieces := s.pieces
+	pieces, completionTokens := s.pieces, s.answerTokens
 	if s.Prefill == prefillAccept {
-		if prefix, ok := req.assistantPrefix(); ok {
-			pieces = remainingPieces(pieces, prefix)
-		}
-	}
-	completionTokens := s.answerTokens
-	if len(pieces) != len(s.pieces) {
-		completionTokens = len(pieces)
+		pieces, completionTokens = s.continuation(req.assistantPrefix())
 	}
 	return &exchange{
-		s:      s,
-		w:      w,
-		ctx:    r.Context(),
-		rc:     http.NewResponseController(w),
+		rp:     newReply(s, w, r),
 		req:    req,
 		id:     "chatcmpl-standin-" + strconv.FormatInt(s.completionSeq.Add(1), 10),
 		model:  model,
@@ -380,33 +444,25 @@ func (s *Provider) newExchange(w http.ResponseWriter, r *http.Request, req chatR
 	}
 }
 
-// exchange is one chat completion request being answered.
-type exchange struct {
-	s      *Provider
-	w      http.ResponseWriter
-	ctx    context.Context
-	rc     *http.ResponseController
-	req    chatRequest
-	id     string
-	model  string
-	now    int64
-	usage  usage
-	faultN int      // content events sent before a mid-stream fault fires
-	pieces []string // the content chunks to send (the rest, after a prefill)
-	sent   int      // SSE events written so far
-	err    error    // first streaming failure; later sends are skipped
+// reply is one response being written, whatever the API: the stand-in's
+// options, the writer and the SSE state shared by all streams.
+type reply struct {
+	s    *Provider
+	w    http.ResponseWriter
+	ctx  context.Context
+	rc   *http.ResponseController
+	sent int   // SSE events written so far
+	err  error // first streaming failure; later sends are skipped
 }
 
-func (ex *exchange) serveHealthy() error {
-	if ex.req.Stream {
-		return ex.stream("")
-	}
-	return ex.writeCompletion()
+func newReply(s *Provider, w http.ResponseWriter, r *http.Request) *reply {
+	return &reply{s: s, w: w, ctx: r.Context(), rc: http.NewResponseController(w)}
 }
 
-func (ex *exchange) serveFailStatus() error {
-	s := ex.s
-	h := ex.w.Header()
+// serveFailStatus answers the configured fail_status, with the retry hints,
+// in the API's error shape.
+func (s *Provider) serveFailStatus(p protocol) error {
+	h := p.reply().w.Header()
 	if s.RetryAfter > 0 {
 		secs := (time.Duration(s.RetryAfter) + time.Second - 1) / time.Second
 		h.Set("Retry-After", strconv.FormatInt(int64(secs), 10))
@@ -414,33 +470,67 @@ func (ex *exchange) serveFailStatus() error {
 	if s.RetryAfterMs > 0 {
 		h.Set("Retry-After-Ms", strconv.Itoa(s.RetryAfterMs))
 	}
-	errType, code := errorKind(s.FailStatus)
+	_, code := errorKind(s.FailStatus)
 	msg := fmt.Sprintf("stand-in %s is configured to fail with status %d", s.displayName(), s.FailStatus)
-	return writeError(ex.w, s.FailStatus, errType, code, msg)
+	return p.writeError(s.FailStatus, code, msg)
 }
 
-func (ex *exchange) serveFault() error {
-	fault := ex.s.Fault
+// serveFault applies the configured fault. Faults that only make sense in a
+// stream have a non-streaming meaning (error_event: 500, cut: half a body,
+// stall: hang) or none (the answer is healthy).
+func (s *Provider) serveFault(p protocol) error {
+	rp, fault, stream := p.reply(), s.Fault, p.streaming()
 	switch {
 	case fault == faultReset:
-		return ex.resetConnection()
-	case fault == faultHang, fault == faultStall && !ex.req.Stream:
-		<-ex.ctx.Done()
+		return rp.resetConnection()
+	case fault == faultHang, fault == faultStall && !stream:
+		<-rp.ctx.Done()
 		return nil
-	case fault == faultErrorEvent && ex.req.Stream:
-		return ex.streamErrorEvent()
+	case fault == faultErrorEvent && stream:
+		return p.streamErrorEvent()
 	case fault == faultErrorEvent:
-		return writeError(ex.w, http.StatusInternalServerError, "server_error", "standin_error", "stand-in internal error")
-	case fault == faultCut && !ex.req.Stream:
-		return ex.cutCompletion()
-	case ex.req.Stream:
-		return ex.stream(fault)
+		return p.writeError(http.StatusInternalServerError, "standin_error", "stand-in internal error")
+	case fault == faultCut && !stream:
+		return rp.cutBody(p.body())
+	case stream:
+		return p.stream(fault)
 	}
-	return ex.writeCompletion()
+	return writeJSON(rp.w, http.StatusOK, p.body())
 }
 
-func (ex *exchange) writeCompletion() error {
-	return writeJSON(ex.w, http.StatusOK, ex.completion())
+// continuation is what is left to send of the answer, and its token
+// count, when the request ends with the assistant's partial answer prefix
+// (ok) and prefill is accepted.
+func (s *Provider) continuation(prefix string, ok bool) (pieces []string, tokens int) {
+	if !ok {
+		return s.pieces, s.answerTokens
+	}
+	pieces = remainingPieces(s.pieces, prefix)
+	if len(pieces) == len(s.pieces) {
+		return pieces, s.answerTokens
+	}
+	return pieces, len(pieces)
+}
+
+// exchange is one chat completion request being answered.
+type exchange struct {
+	rp     *reply
+	req    chatRequest
+	id     string
+	model  string
+	now    int64
+	usage  usage
+	faultN int      // content events sent before a mid-stream fault fires
+	pieces []string // the content chunks to send (the rest, after a prefill)
+}
+
+func (ex *exchange) reply() *reply   { return ex.rp }
+func (ex *exchange) streaming() bool { return ex.req.Stream }
+func (ex *exchange) body() any       { return ex.completion() }
+
+func (ex *exchange) writeError(status int, code, message string) error {
+	errType, _ := errorKind(status)
+	return writeError(ex.rp.w, status, errType, code, message)
 }
 
 func (ex *exchange) completion() completion {
@@ -450,32 +540,32 @@ func (ex *exchange) completion() completion {
 		Created: ex.now,
 		Model:   ex.model,
 		Choices: []completionChoice{{
-			Message:      messageOut{Role: "assistant", Content: ex.s.answerText},
+			Message:      messageOut{Role: "assistant", Content: ex.rp.s.answerText},
 			FinishReason: "stop",
 		}},
 		Usage: ex.usage,
 	}
 }
 
-// cutCompletion sends the headers and half of the JSON body, then aborts the
+// cutBody sends the headers and half of v's JSON body, then aborts the
 // connection.
-func (ex *exchange) cutCompletion() error {
-	body, err := json.Marshal(ex.completion())
+func (rp *reply) cutBody(v any) error {
+	body, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	ex.w.Header().Set("Content-Type", "application/json")
-	ex.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	ex.w.WriteHeader(http.StatusOK)
-	_, _ = ex.w.Write(body[:len(body)/2])
-	abort(ex.rc)
+	rp.w.Header().Set("Content-Type", "application/json")
+	rp.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	rp.w.WriteHeader(http.StatusOK)
+	_, _ = rp.w.Write(body[:len(body)/2])
+	abort(rp.rc)
 	return nil
 }
 
 // resetConnection closes the TCP connection with SO_LINGER 0 so that the
 // client sees a reset, without any response.
-func (ex *exchange) resetConnection() error {
-	conn, _, err := ex.rc.Hijack()
+func (rp *reply) resetConnection() error {
+	conn, _, err := rp.rc.Hijack()
 	if err != nil {
 		panic(http.ErrAbortHandler)
 	}
@@ -484,18 +574,18 @@ func (ex *exchange) resetConnection() error {
 }
 
 func (ex *exchange) streamErrorEvent() error {
-	ex.startStream()
-	ex.sendData(errorEventData)
+	ex.rp.startStream()
+	ex.rp.sendData(errorEventData)
 	return nil
 }
 
 // stream sends a whole SSE chat completion stream, with the given fault
 // ("" for none) injected.
 func (ex *exchange) stream(fault string) error {
-	ex.startStream()
+	ex.rp.startStream()
 	ex.sendChunk(delta{Role: "assistant", Content: new(string)}, nil)
-	for i := 0; i <= len(ex.pieces) && ex.err == nil; i++ {
-		if i == ex.faultN && ex.midStreamFault(fault) {
+	for i := 0; i <= len(ex.pieces) && ex.rp.err == nil; i++ {
+		if i == ex.faultN && ex.rp.midStreamFault(fault, "", malformedPayload) {
 			return nil
 		}
 		if i < len(ex.pieces) {
@@ -511,36 +601,37 @@ func (ex *exchange) stream(fault string) error {
 		ex.sendUsage()
 	}
 	if fault != faultNoDone {
-		ex.sendData("[DONE]")
+		ex.rp.sendData("[DONE]")
 	}
 	return nil
 }
 
-// midStreamFault applies a cut, stall or malformed fault and tells whether
-// the stream must end here.
-func (ex *exchange) midStreamFault(fault string) (stop bool) {
+// midStreamFault applies a cut, stall or malformed fault (malformed: the
+// event named event, "" for none, with the broken payload) and tells
+// whether the stream must end here.
+func (rp *reply) midStreamFault(fault, event, payload string) (stop bool) {
 	switch fault {
 	case faultCut:
-		abort(ex.rc)
+		abort(rp.rc)
 	case faultStall:
-		<-ex.ctx.Done()
+		<-rp.ctx.Done()
 		return true
 	case faultMalformed:
-		ex.sendData(malformedPayload)
+		rp.sendEvent(event, payload)
 	}
 	return false
 }
 
-func (ex *exchange) startStream() {
-	h := ex.w.Header()
+func (rp *reply) startStream() {
+	h := rp.w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
-	ex.w.WriteHeader(http.StatusOK)
-	ex.err = ex.rc.Flush()
+	rp.w.WriteHeader(http.StatusOK)
+	rp.err = rp.rc.Flush()
 }
 
 func (ex *exchange) sendChunk(d delta, finishReason *string) {
-	ex.sendJSON(chunk{
+	ex.rp.sendJSON("", chunk{
 		ID:      ex.id,
 		Object:  "chat.completion.chunk",
 		Created: ex.now,
@@ -550,7 +641,7 @@ func (ex *exchange) sendChunk(d delta, finishReason *string) {
 }
 
 func (ex *exchange) sendUsage() {
-	ex.sendJSON(chunk{
+	ex.rp.sendJSON("", chunk{
 		ID:      ex.id,
 		Object:  "chat.completion.chunk",
 		Created: ex.now,
@@ -560,35 +651,46 @@ func (ex *exchange) sendUsage() {
 	})
 }
 
-func (ex *exchange) sendJSON(v any) {
+// sendJSON sends v as the data of an SSE event named event ("" for none).
+func (rp *reply) sendJSON(event string, v any) {
 	data, err := json.Marshal(v)
 	if err != nil {
-		ex.err = err
+		rp.err = err
 		return
 	}
-	ex.sendData(string(data))
+	rp.sendEvent(event, string(data))
 }
 
-// sendData waits first_token (first event) or pace (later events), then
-// writes and flushes one "data:" event. After a failure it does nothing.
-func (ex *exchange) sendData(data string) {
-	if ex.err != nil {
+// sendData sends one unnamed "data:" event, as chat completions streams do.
+func (rp *reply) sendData(data string) { rp.sendEvent("", data) }
+
+// sendEvent waits first_token (first event) or pace (later events), then
+// writes and flushes one SSE event: an "event:" line when event is not "",
+// and a "data:" line. After a failure it does nothing.
+func (rp *reply) sendEvent(event, data string) {
+	if rp.err != nil {
 		return
 	}
-	delay := ex.s.Pace
-	if ex.sent == 0 {
-		delay = ex.s.FirstToken
+	delay := rp.s.Pace
+	if rp.sent == 0 {
+		delay = rp.s.FirstToken
 	}
-	if !wait(ex.ctx, time.Duration(delay)) {
-		ex.err = ex.ctx.Err()
+	if !wait(rp.ctx, time.Duration(delay)) {
+		rp.err = rp.ctx.Err()
 		return
 	}
-	ex.sent++
-	if _, err := fmt.Fprintf(ex.w, "data: %s\n\n", data); err != nil {
-		ex.err = err
+	rp.sent++
+	var err error
+	if event != "" {
+		_, err = fmt.Fprintf(rp.w, "event: %s\ndata: %s\n\n", event, data)
+	} else {
+		_, err = fmt.Fprintf(rp.w, "data: %s\n\n", data)
+	}
+	if err != nil {
+		rp.err = err
 		return
 	}
-	ex.err = ex.rc.Flush()
+	rp.err = rp.rc.Flush()
 }
 
 // abort flushes what was written so far, then aborts the connection
@@ -668,21 +770,22 @@ func splitWords(answer string) []string {
 	return append(words, rest)
 }
 
-func readChatRequest(w http.ResponseWriter, r *http.Request) (chatRequest, int, error) {
-	var req chatRequest
+// readJSONBody decodes the request body into req; on failure it returns the
+// status to answer and an error to show the client.
+func readJSONBody(w http.ResponseWriter, r *http.Request, req any) (int, error) {
 	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
-	err := json.NewDecoder(body).Decode(&req)
+	err := json.NewDecoder(body).Decode(req)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		return req, http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", tooLarge.Limit)
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", tooLarge.Limit)
 	case err != nil:
-		return req, http.StatusBadRequest, fmt.Errorf("invalid JSON body: %v", err)
+		return http.StatusBadRequest, fmt.Errorf("invalid JSON body: %v", err)
 	}
 	// Read to EOF so that net/http watches the connection and cancels the
 	// request context when the client goes away.
 	_, _ = io.Copy(io.Discard, body)
-	return req, 0, nil
+	return 0, nil
 }
 
 // errorKind gives the OpenAI error type and code for a status.
@@ -772,18 +875,26 @@ func (req chatRequest) includeUsage() bool {
 func (req chatRequest) promptBytes() int {
 	n := 0
 	for _, m := range req.Messages {
-		var text string
-		if json.Unmarshal(m.Content, &text) == nil {
-			n += len(text)
-			continue
-		}
-		var parts []struct {
-			Text string `json:"text"`
-		}
-		if json.Unmarshal(m.Content, &parts) == nil {
-			for _, p := range parts {
-				n += len(p.Text)
-			}
+		n += contentBytes(m.Content)
+	}
+	return n
+}
+
+// contentBytes counts the text bytes of a message content: a string, or
+// the "text" of each part of an array (OpenAI content parts, Anthropic
+// blocks, Responses input parts).
+func contentBytes(content json.RawMessage) int {
+	var text string
+	if json.Unmarshal(content, &text) == nil {
+		return len(text)
+	}
+	var parts []struct {
+		Text string `json:"text"`
+	}
+	n := 0
+	if json.Unmarshal(content, &parts) == nil {
+		for _, p := range parts {
+			n += len(p.Text)
 		}
 	}
 	return n

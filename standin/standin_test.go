@@ -595,7 +595,7 @@ func TestErrors(t *testing.T) {
 		name, method, path string
 		wantStatus         int
 	}{
-		{"unknown path", http.MethodGet, "/v1/embeddings", 404},
+		{"unknown path", http.MethodGet, "/v1/images/generations", 404},
 		{"GET chat", http.MethodGet, "/v1/chat/completions", 405},
 		{"POST models", http.MethodPost, "/v1/models", 405},
 		{"PUT counter", http.MethodPut, "/standin/requests", 405},

@@ -7,6 +7,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
 
 export const E2E_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -104,15 +105,35 @@ class Arbstr {
     return new OpenAI({ baseURL: this.baseURL(scenario), apiKey: 'sk-e2e-client-key', maxRetries: 0, ...options });
   }
 
+  /**
+   * An Anthropic SDK client for a scenario, retries off. The SDK appends
+   * /v1/messages to its base URL, so the base is the scenario's root.
+   */
+  anthropic(scenario, options = {}) {
+    return new Anthropic({
+      baseURL: `http://127.0.0.1:${this.ports.router}/${scenario}`,
+      apiKey: 'sk-ant-e2e-client-key',
+      maxRetries: 0,
+      ...options,
+    });
+  }
+
   standinURL(name) {
     if (!this.ports[name]) throw new Error(`no stand-in site ${name} in Caddyfile.tmpl`);
     return `http://127.0.0.1:${this.ports[name]}/v1/standin/requests`;
   }
 
-  /** Chat requests the stand-in got since its last reset. */
+  /** API requests (of any API) the stand-in got since its last reset. */
   async calls(name) {
     const r = await fetch(this.standinURL(name));
     return (await r.json()).requests;
+  }
+
+  /** The method, path and headers of the last API request the stand-in got. */
+  async lastRequest(name) {
+    const r = await fetch(this.standinURL(name).replace(/requests$/, 'last-request'));
+    if (!r.ok) throw new Error(`stand-in ${name}: ${r.status} ${await r.text()}`);
+    return r.json();
   }
 
   async resetCalls(...names) {
