@@ -12,11 +12,11 @@ import (
 // testResponse mirrors what openai-go's responses.Response and the npm
 // SDK's output_text helper read.
 type testResponse struct {
-	ID        string           `json:"id"`
-	Object    string           `json:"object"`
-	CreatedAt float64          `json:"created_at"`
-	Status    string           `json:"status"`
-	Model     string           `json:"model"`
+	ID        string  `json:"id"`
+	Object    string  `json:"object"`
+	CreatedAt float64 `json:"created_at"`
+	Status    string  `json:"status"`
+	Model     string  `json:"model"`
 	Output    []struct {
 		Type    string `json:"type"`
 		ID      string `json:"id"`

@@ -125,7 +125,8 @@ type Provider struct {
 	// mid-stream or mid-body), stall (stop mid-stream and wait; hang when not
 	// streaming), malformed (one broken JSON event mid-stream), no_done (no
 	// final [DONE]), no_finish (neither finish_reason chunk nor [DONE]).
-	// Stream-only faults answer normally to non-streaming requests.
+	// Stream-only faults answer normally to non-streaming requests. Each
+	// API's events for these faults are in docs/standin.md.
 	Fault string `json:"fault,omitempty"`
 
 	// FaultAfter is the number of content events sent before the cut, stall
