@@ -299,9 +299,14 @@ func hpBody(stream bool, contentBytes int) []byte {
 		streamField, content)
 }
 
-// BenchmarkServeChat is the full path of one chat completion through Caddy
-// and arbstr to an instant in-process stand-in, next to the same request
-// through reverse_proxy: the difference is arbstr's cost. Requests are sent
+// hpResponsesBody is a streamed Responses API request.
+var hpResponsesBody = []byte(`{"model":"bench-model","stream":true,"instructions":"You are a helpful assistant.","input":"Say hello in one short sentence.","max_output_tokens":64}`)
+
+// BenchmarkServeChat is the full path of one chat completion (or Responses
+// stream) through Caddy and arbstr to an instant in-process stand-in, next
+// to the same request through reverse_proxy: the difference is arbstr's
+// cost. (stream200 − its reverse_proxy) / 200 against (responses200 − its
+// reverse_proxy) / 200 compares the per-event cost of the two APIs. Requests are sent
 // one at a time, so ns/op is the latency; allocs/op counts the whole
 // process (client, Caddy, stand-in).
 func BenchmarkServeChat(b *testing.B) {
@@ -318,6 +323,8 @@ func BenchmarkServeChat(b *testing.B) {
 		{"nonstream/reverse_proxy", c.rp + "/plain/v1/chat/completions", hpBody(false, 0), false},
 		{"stream200/arbstr", c.arb + "/stream/v1/chat/completions", hpBody(true, 0), true},
 		{"stream200/reverse_proxy", c.rp + "/stream/v1/chat/completions", hpBody(true, 0), false},
+		{"responses200/arbstr", c.arb + "/stream/v1/responses", hpResponsesBody, true},
+		{"responses200/reverse_proxy", c.rp + "/stream/v1/responses", hpResponsesBody, false},
 		{"stream1/arbstr", c.arb + "/stream1/v1/chat/completions", hpBody(true, 0), true},
 		{"stream1/reverse_proxy", c.rp + "/stream1/v1/chat/completions", hpBody(true, 0), false},
 		{"body2MB/arbstr", c.arb + "/plain/v1/chat/completions", hpBody(false, 2<<20), true},
