@@ -52,6 +52,9 @@ func TestGenAIMetricsIntegration(t *testing.T) {
 	if resp := tc.Post("/v1/chat/completions", hlChat(invented, false)); resp.StatusCode != 200 || resp.Header.Get(headerProvider) != "tel-gamma" {
 		t.Fatalf("request for an unlisted model: %d from %q; want 200 from tel-gamma", resp.StatusCode, resp.Header.Get(headerProvider))
 	}
+	if resp := tc.Post("/v1/embeddings", `{"model":"`+invented+`","input":"hello"}`); resp.StatusCode != 200 || resp.Header.Get(headerProvider) != "tel-gamma" {
+		t.Fatalf("embeddings request: %d from %q; want 200 from tel-gamma", resp.StatusCode, resp.Header.Get(headerProvider))
+	}
 	after := hlScrape(t, tc.Admin+"/metrics")
 
 	beta := func(kv ...string) map[string]string {
@@ -60,7 +63,6 @@ func TestGenAIMetricsIntegration(t *testing.T) {
 	}
 	alpha := hlL("gen_ai_operation_name", "chat", "gen_ai_provider_name", "tel-alpha",
 		"gen_ai_request_model", "gpt-tel", "gen_ai_response_model", "gpt-tel", "error_type", "server_error")
-	gamma := hlL("gen_ai_provider_name", "tel-gamma", "gen_ai_request_model", "*", "gen_ai_response_model", "*")
 	checks := []struct {
 		name   string
 		labels map[string]string
@@ -70,7 +72,8 @@ func TestGenAIMetricsIntegration(t *testing.T) {
 		{"gen_ai_client_operation_duration_seconds_count", alpha, 2},
 		{"gen_ai_client_operation_duration_seconds_count", beta("error_type", ""), 2},
 		{"gen_ai_client_operation_duration_seconds_count", beta("error_type", "server_error"), 0},
-		{"gen_ai_client_operation_duration_seconds_count", gamma, 1},
+		{"gen_ai_client_operation_duration_seconds_count", hlL("gen_ai_operation_name", "chat", "gen_ai_provider_name", "tel-gamma", "gen_ai_request_model", "*", "gen_ai_response_model", "*"), 1},
+		{"gen_ai_client_operation_duration_seconds_count", hlL("gen_ai_operation_name", "embeddings", "gen_ai_provider_name", "tel-gamma"), 1},
 		// 10 input and 20 output tokens per answer, in the conventions' buckets.
 		{"gen_ai_client_token_usage_count", beta("gen_ai_token_type", "input"), 2},
 		{"gen_ai_client_token_usage_sum", beta("gen_ai_token_type", "input"), 20},
@@ -80,7 +83,7 @@ func TestGenAIMetricsIntegration(t *testing.T) {
 		{"gen_ai_client_token_usage_bucket", beta("gen_ai_token_type", "output", "le", "16"), 0},
 		{"gen_ai_client_token_usage_bucket", beta("gen_ai_token_type", "output", "le", "64"), 2},
 		{"gen_ai_client_token_usage_count", hlL("gen_ai_provider_name", "tel-alpha"), 0},
-		{"gen_ai_client_token_usage_sum", hlL("gen_ai_provider_name", "tel-gamma", "gen_ai_request_model", "*", "gen_ai_token_type", "output"), 20},
+		{"gen_ai_client_token_usage_sum", hlL("gen_ai_operation_name", "chat", "gen_ai_provider_name", "tel-gamma", "gen_ai_request_model", "*", "gen_ai_token_type", "output"), 20},
 		// Only the stream has a first token; the failed attempts none.
 		{"gen_ai_server_time_to_first_token_seconds_count", beta(), 1},
 		{"gen_ai_server_time_to_first_token_seconds_count", hlL("gen_ai_provider_name", "tel-alpha"), 0},
