@@ -78,6 +78,9 @@ type Row struct {
 	Complexity *float64 `json:"complexity"`
 	// Tier is the serving provider's tier when tiers are on.
 	Tier string `json:"tier"`
+	// Endpoint is the API the client called: chat, embeddings, responses
+	// or messages. Insert stores "" as chat, the column's default.
+	Endpoint string `json:"endpoint"`
 }
 
 // Filter selects rows. Match holds equality filters by column; only the
@@ -90,11 +93,11 @@ type Filter struct {
 }
 
 // FilterColumns are the columns a Filter may match on.
-var FilterColumns = []string{"provider", "model", "client", "policy", "outcome", "instance"}
+var FilterColumns = []string{"provider", "model", "client", "policy", "outcome", "instance", "endpoint"}
 
 // GroupColumns are the keys Stats may group by. day and hour are the UTC
 // calendar day and hour of the row time.
-var GroupColumns = []string{"provider", "model", "policy", "client", "day", "hour"}
+var GroupColumns = []string{"provider", "model", "policy", "client", "endpoint", "day", "hour"}
 
 // StatsQuery selects the rows to sum and how to group them.
 type StatsQuery struct {

@@ -14,9 +14,9 @@ import (
 // rowColumns are the columns Insert writes and Requests reads, in order.
 const rowColumns = "id, time, instance, client, policy, model, provider, upstream_model, stream, status, outcome, " +
 	"attempts, retries, prompt_tokens, completion_tokens, cost_sats, dearest_cost_sats, latency_ms, first_event_ms, " +
-	"error_code, continuations, complexity, tier"
+	"error_code, continuations, complexity, tier, endpoint"
 
-const rowColumnCount = 23
+const rowColumnCount = 24
 
 // insertBatch bounds the rows of one INSERT statement, well under both
 // drivers' limits on parameters.
@@ -93,7 +93,18 @@ func rowArgs(r Row) []any {
 	}
 	return []any{r.ID, r.Time.UnixMicro(), r.Instance, r.Client, r.Policy, r.Model, r.Provider, r.UpstreamModel,
 		r.Stream, r.Status, r.Outcome, r.Attempts, r.Retries, r.PromptTokens, r.CompletionTokens, r.CostSats,
-		r.DearestCostSats, r.LatencyMS, firstEvent, r.ErrorCode, r.Continuations, complexity, r.Tier}
+		r.DearestCostSats, r.LatencyMS, firstEvent, r.ErrorCode, r.Continuations, complexity, r.Tier, endpointOf(r)}
+}
+
+// DefaultEndpoint is the endpoint of a row that names none: rows written
+// before the column existed were all chat requests.
+const DefaultEndpoint = "chat"
+
+func endpointOf(r Row) string {
+	if r.Endpoint == "" {
+		return DefaultEndpoint
+	}
+	return r.Endpoint
 }
 
 func scanRow(rows *sql.Rows) (Row, error) {
@@ -103,7 +114,7 @@ func scanRow(rows *sql.Rows) (Row, error) {
 	var complexity sql.NullFloat64
 	err := rows.Scan(&r.ID, &us, &r.Instance, &r.Client, &r.Policy, &r.Model, &r.Provider, &r.UpstreamModel,
 		&r.Stream, &r.Status, &r.Outcome, &r.Attempts, &r.Retries, &r.PromptTokens, &r.CompletionTokens, &r.CostSats,
-		&r.DearestCostSats, &r.LatencyMS, &firstEvent, &r.ErrorCode, &r.Continuations, &complexity, &r.Tier)
+		&r.DearestCostSats, &r.LatencyMS, &firstEvent, &r.ErrorCode, &r.Continuations, &complexity, &r.Tier, &r.Endpoint)
 	if err != nil {
 		return r, err
 	}
@@ -151,7 +162,7 @@ func (f Filter) where() (string, []any, error) {
 // groupExpr is the SQL expression of a group key, from a fixed table.
 func groupExpr(key string) (string, bool) {
 	switch key {
-	case "provider", "model", "policy", "client":
+	case "provider", "model", "policy", "client", "endpoint":
 		return key, true
 	case "day":
 		return "(time / 86400000000) * 86400000000", true

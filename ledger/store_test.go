@@ -49,7 +49,8 @@ func sampleRows() []Row {
 		{ID: "r3", Time: t0.Add(2 * time.Hour), Instance: "i2", Client: "alice", Model: "m2", Status: 502, Outcome: "error",
 			Attempts: 3, Retries: "3/alpha", LatencyMS: 900, ErrorCode: "upstream_failed"},
 		{ID: "r4", Time: t0.Add(26 * time.Hour), Instance: "i2", Client: "alice", Model: "m1", Provider: "alpha",
-			Status: 200, Outcome: "ok", Attempts: 1, PromptTokens: 1, CompletionTokens: 1, CostSats: 0.5, DearestCostSats: 0.5, LatencyMS: 200},
+			Status: 200, Outcome: "ok", Attempts: 1, PromptTokens: 1, CompletionTokens: 1, CostSats: 0.5, DearestCostSats: 0.5, LatencyMS: 200,
+			Endpoint: "embeddings"},
 	}
 }
 
@@ -84,6 +85,10 @@ func TestStoreRoundTrip(t *testing.T) {
 		}
 		if page.Rows[3].FirstEventMS != nil || page.Rows[3].Complexity != nil {
 			t.Fatalf("r1 has no first event or complexity, got %+v", page.Rows[3])
+		}
+		// A row that names no endpoint is a chat request.
+		if page.Rows[0].Endpoint != "embeddings" || page.Rows[3].Endpoint != "chat" {
+			t.Fatalf("endpoints r4 %q, r1 %q; want embeddings and chat", page.Rows[0].Endpoint, page.Rows[3].Endpoint)
 		}
 	})
 }
@@ -126,6 +131,19 @@ func TestStoreStats(t *testing.T) {
 		}
 		if st.Groups[2].Key["day"] != "2026-12-02T00:00:00Z" {
 			t.Fatalf("last group %+v", st.Groups[2])
+		}
+
+		st, err = s.Stats(ctx, StatsQuery{GroupBy: []string{"endpoint"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Groups) != 2 || st.Groups[0].Key["endpoint"] != "chat" || st.Groups[0].Requests != 3 ||
+			st.Groups[1].Key["endpoint"] != "embeddings" || st.Groups[1].Requests != 1 || st.Groups[1].CostSats != 0.5 {
+			t.Fatalf("by endpoint: %+v", st.Groups)
+		}
+		st, err = s.Stats(ctx, StatsQuery{Filter: Filter{Match: map[string]string{"endpoint": "embeddings"}}})
+		if err != nil || st.Total.Requests != 1 || st.Total.PromptTokens != 1 {
+			t.Fatalf("endpoint=embeddings: %+v, %v", st.Total, err)
 		}
 
 		st, err = s.Stats(ctx, StatsQuery{GroupBy: []string{"hour"}, Filter: Filter{Until: t0}})
