@@ -23,7 +23,8 @@ type Store interface {
 	Stats(ctx context.Context, q StatsQuery) (Stats, error)
 	// Requests lists the rows a query selects, newest first, one page at a time.
 	Requests(ctx context.Context, q RequestsQuery) (Page, error)
-	// DeleteBefore deletes rows older than t and says how many went.
+	// DeleteBefore deletes the rows of the hours that ended by t (t cut
+	// to the hour) and says how many went.
 	DeleteBefore(ctx context.Context, t time.Time) (int64, error)
 	// Close releases the store's connections.
 	Close() error

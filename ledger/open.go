@@ -6,6 +6,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -176,6 +177,12 @@ func migrationsFor(driver string) ([]migration, error) {
 // write lock (immediate transactions), and each migration checks again
 // inside its transaction whether another process applied it meanwhile.
 func migrate(ctx context.Context, db *sql.DB, driver string) error {
+	return migrateUpTo(ctx, db, driver, math.MaxInt)
+}
+
+// migrateUpTo applies the migrations up to version last (tests use it to
+// build a database as an older release left it).
+func migrateUpTo(ctx context.Context, db *sql.DB, driver string, last int) error {
 	list, err := migrationsFor(driver)
 	if err != nil {
 		return err
@@ -203,6 +210,9 @@ func migrate(ctx context.Context, db *sql.DB, driver string) error {
 		mark = "$1"
 	}
 	for _, m := range list {
+		if m.version > last {
+			break
+		}
 		if err := applyMigration(ctx, conn, driver, mark, m); err != nil {
 			return fmt.Errorf("%s: %w", m.name, err)
 		}
