@@ -201,11 +201,10 @@ func (s *SQLStore) upsertRollups(ctx context.Context, tx *sql.Tx, rows []Row) er
 	keys, sums := rollupsOf(rows)
 	placeholders := "(?" + strings.Repeat(",?", rollupColumnCount-1) + ")"
 	if s.driver == DriverSQLite {
-		stmt, err := tx.PrepareContext(ctx, "INSERT INTO requests_hourly ("+rollupColumns+") VALUES "+placeholders+rollupConflict)
+		stmt, err := s.txStmt(ctx, tx, "INSERT INTO requests_hourly ("+rollupColumns+") VALUES "+placeholders+rollupConflict)
 		if err != nil {
 			return err
 		}
-		defer stmt.Close()
 		for _, k := range keys {
 			if _, err := stmt.ExecContext(ctx, rollupArgs(k, sums[k])...); err != nil {
 				return err

@@ -42,7 +42,7 @@ func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 		// SQLite runs in this process: one prepared single-row statement
 		// costs less CPU than parsing a statement of thousands of
 		// parameters per batch.
-		inserted, err = insertEach(ctx, tx, s.Rebind(insertRow), rows)
+		inserted, err = s.insertEach(ctx, tx, rows)
 	} else {
 		inserted, err = s.insertMany(ctx, tx, rows)
 	}
@@ -112,12 +112,11 @@ var insertRow = "INSERT INTO requests (" + rowColumns + ") VALUES (?" + strings.
 
 // insertEach runs the one-row insert for every row with one prepared
 // statement and returns the rows it wrote.
-func insertEach(ctx context.Context, tx *sql.Tx, query string, rows []Row) ([]Row, error) {
-	stmt, err := tx.PrepareContext(ctx, query)
+func (s *SQLStore) insertEach(ctx context.Context, tx *sql.Tx, rows []Row) ([]Row, error) {
+	stmt, err := s.txStmt(ctx, tx, s.Rebind(insertRow))
 	if err != nil {
 		return nil, err
 	}
-	defer stmt.Close()
 	inserted := make([]Row, 0, len(rows))
 	for _, r := range rows {
 		res, err := stmt.ExecContext(ctx, rowArgs(r)...)
