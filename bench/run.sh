@@ -21,6 +21,11 @@
 #   bench/run.sh             full run (~3-4 minutes)
 #   QUICK=1 bench/run.sh     smoke check (~1 minute)
 #   LEDGER=off bench/run.sh  without the ledger (default: SQLite, as installed)
+#   LEDGER=postgres bench/run.sh
+#                            the ledger in PostgreSQL: a database of its own,
+#                            created and dropped by the run, on the server of
+#                            PG_SERVER (default postgres://postgres@127.0.0.1:5432;
+#                            psql must be installed)
 #   PROFILE=1 bench/run.sh   also CPU profiles of Caddy under the non-streaming
 #                            load, arbstr and reverse_proxy (bench/out/cpu-*)
 #
@@ -107,9 +112,22 @@ arbstr_handle() { # PREFIX N STANDIN_PATH
 }
 CADDYFILE=$OUT/Caddyfile
 # The ledger as a fresh install has it (SQLite), in the output folder;
-# LEDGER=off measures the router without it.
+# LEDGER=off measures the router without it; LEDGER=postgres puts it in a
+# fresh PostgreSQL database, dropped when the run ends.
 LEDGER=${LEDGER:-sqlite $OUT/ledger.db}
 rm -f "$OUT"/ledger.db*
+PG_DB=
+if [ "$LEDGER" = postgres ]; then
+	command -v psql >/dev/null || die "LEDGER=postgres needs psql"
+	PG_SERVER=${PG_SERVER:-postgres://postgres@127.0.0.1:5432}
+	PG_DB=arbstr_bench_$$
+	psql -q "$PG_SERVER/postgres?sslmode=disable" -c "CREATE DATABASE $PG_DB" ||
+		die "cannot create database $PG_DB on $PG_SERVER; is PostgreSQL running?"
+	LEDGER="postgres $PG_SERVER/$PG_DB?sslmode=disable"
+fi
+drop_pg_db() {
+	[ -z "$PG_DB" ] || psql -q "$PG_SERVER/postgres?sslmode=disable" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" || true
+}
 {
 	cat <<EOF
 {
@@ -189,7 +207,7 @@ stop_caddy() {
 	fi
 	CADDY_PID=
 }
-trap stop_caddy EXIT
+trap 'stop_caddy; drop_pg_db' EXIT
 : >"$OUT/caddy.log"
 start_caddy
 
@@ -342,7 +360,7 @@ mode="full"
 {
 	echo "# arbstr benchmark results"
 	echo
-	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $mode run of \`bench/run.sh\`; $(nproc) cores, $(go env GOVERSION), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- '*.go' 2>/dev/null || echo ' + local changes')."
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $mode run of \`bench/run.sh\` (ledger: ${LEDGER%% *}); $(nproc) cores, $(go env GOVERSION), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- '*.go' 2>/dev/null || echo ' + local changes')."
 	echo "One Caddy process serves the stand-in upstream, the reverse_proxy baseline and arbstr; the load"
 	echo "generator runs on the same cores. Ratio = arbstr / baseline, median over $ROUNDS alternating rounds"
 	echo "(range in brackets). Lower is better except for throughput."

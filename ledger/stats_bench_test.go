@@ -80,7 +80,7 @@ func BenchmarkInsert(b *testing.B) {
 			}
 			defer s.Close()
 			now := time.Now()
-			batch := make([]Row, insertBatch)
+			batch := make([]Row, benchBatch())
 			n := 0
 			cpu0 := cpuTime()
 			for b.Loop() {
@@ -109,4 +109,11 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func benchBatch() int {
+	if v, err := strconv.Atoi(os.Getenv("ARBSTR_BENCH_BATCH")); err == nil && v > 0 {
+		return v
+	}
+	return insertBatch
 }
