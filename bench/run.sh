@@ -14,7 +14,9 @@
 # Measured, in alternating A/B rounds: non-streaming throughput and latency
 # (wrk), streaming time to first event and per event, latency by request
 # body size and by number of providers, Caddy's CPU time per request, memory
-# under load and per idle stream (each variant in a fresh Caddy). Results:
+# under load and per idle stream (each variant in a fresh Caddy), and, unless
+# LEDGER=off, arbstr with the ledger on vs 'ledger off' (alternating rounds,
+# switched by a config reload). Results:
 # bench/out/results.md (and the table on stdout), raw figures in raw.txt,
 # heap profiles of the held streams in heap-held-*.pprof / *.top.txt.
 #
@@ -297,6 +299,33 @@ if [ "$PROFILE" = 1 ]; then
 		go tool pprof -top -nodecount=40 bin/caddy "$OUT/cpu-$v.pprof" >"$OUT/cpu-$v.top.txt" 2>/dev/null
 		go tool pprof -top -cum -nodecount=60 bin/caddy "$OUT/cpu-$v.pprof" >"$OUT/cpu-$v.cum.txt" 2>/dev/null
 	done
+fi
+
+# --- 1b. the ledger on vs off -------------------------------------------------
+# The same load against arbstr with the run's ledger and with 'ledger off',
+# switched by a config reload between rounds, alternating, so that both
+# see the same machine at the same time.
+if [ "${LEDGER%% *}" != off ]; then
+	CADDYFILE_OFF=$OUT/Caddyfile.ledger-off
+	sed -E 's/^(\s*)ledger .*/\1ledger off/' "$CADDYFILE" >"$CADDYFILE_OFF"
+	use_config() {
+		bin/caddy reload --config "$1" --adapter caddyfile --address "127.0.0.1:$ADMIN_PORT" >>"$OUT/caddy.log" 2>&1 ||
+			die "caddy reload --config $1 failed; see $OUT/caddy.log"
+	}
+	LEDGER_ROUNDS=$((ROUNDS < 4 ? 4 : ROUNDS))
+	log "ledger on vs off: $LEDGER_ROUNDS rounds × ${NS_SECS}s per variant, $CONNS connections"
+	for ((r = 1; r <= LEDGER_ROUNDS; r++)); do
+		variants="on off"
+		((r % 2)) || variants="off on"
+		for v in $variants; do
+			if [ "$v" = on ]; then use_config "$CADDYFILE"; else use_config "$CADDYFILE_OFF"; fi
+			wrk_run $CONNS $THREADS 1 "$(url_of arbstr plain)" "$OUT/body_small.json" >/dev/null
+			res=$(wrk_run $CONNS $THREADS "$NS_SECS" "$(url_of arbstr plain)" "$OUT/body_small.json")
+			record ledger $v $r "$res"
+			log "  round $r ledger $v: $res"
+		done
+	done
+	use_config "$CADDYFILE"
 fi
 
 # --- 2. streaming: first event and per event --------------------------------
