@@ -15,9 +15,9 @@ import (
 // Store is where ledger rows live. Both implementations (SQLite and
 // PostgreSQL) share one schema and the same queries.
 type Store interface {
-	// Insert writes rows in one batch. A row whose id is already stored is
-	// skipped, so that a batch retried after an unclear failure is not
-	// written twice.
+	// Insert writes rows in one batch. A row whose time and id are already
+	// stored is skipped, so that a batch retried after an unclear failure
+	// is not written twice.
 	Insert(ctx context.Context, rows []Row) error
 	// Stats sums the rows a query selects, in total and per group.
 	Stats(ctx context.Context, q StatsQuery) (Stats, error)

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"flag"
@@ -341,7 +342,8 @@ func TestRollupBackfill(t *testing.T) {
 			old := &SQLStore{db: db, driver: driver}
 			rows := statsRows(2000, 7, "old")
 			for _, r := range rows {
-				if _, err := db.ExecContext(ctx, old.Rebind(insertRow), rowArgs(r)...); err != nil {
+				insert := "INSERT INTO requests (" + rowColumns + ") VALUES (?" + strings.Repeat(",?", rowColumnCount-1) + ")"
+				if _, err := db.ExecContext(ctx, old.Rebind(insert), rowArgs(r)...); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -354,6 +356,19 @@ func TestRollupBackfill(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkStats(t, s, rows)
+			// Migration 0005 rebuilt the table: every row is still there, and
+			// rows already stored are still skipped.
+			newest := slices.MaxFunc(rows, func(a, b Row) int { return cmp.Or(a.Time.Compare(b.Time), cmp.Compare(a.ID, b.ID)) })
+			if page, err := s.Requests(ctx, RequestsQuery{Limit: 1}); err != nil || len(page.Rows) != 1 || page.Rows[0].ID != newest.ID ||
+				page.Rows[0].LatencyMS != newest.LatencyMS || page.Rows[0].Endpoint != endpointOf(newest) {
+				t.Fatalf("newest row after the migrations: %+v, %v; want %+v", page.Rows, err, newest)
+			}
+			if err := s.Insert(ctx, rows[:100]); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := s.Stats(ctx, StatsQuery{}); err != nil || st.Total.Requests != int64(len(rows)) {
+				t.Fatalf("after inserting stored rows again: %+v, %v; want %d requests", st.Total, err, len(rows))
+			}
 		})
 	}
 }

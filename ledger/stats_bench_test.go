@@ -15,12 +15,18 @@ import (
 
 // BenchmarkStats times GET /arbstr/stats's queries over a filled ledger:
 // totals and groups by provider, over all rows and over the last day.
-// Rows: ARBSTR_BENCH_ROWS (default 100000), spread evenly over 30 days.
+// Rows: ARBSTR_BENCH_ROWS (default 100000), spread evenly over 30 days,
+// from 4 providers and ARBSTR_BENCH_CLIENTS clients (default 1): each hour
+// has 4 × clients rollup rows.
 // Run: ARBSTR_BENCH_ROWS=1000000 go test -run '^$' -bench Stats -benchtime 3x ./ledger/
 func BenchmarkStats(b *testing.B) {
 	n := 100000
 	if v, err := strconv.Atoi(os.Getenv("ARBSTR_BENCH_ROWS")); err == nil && v > 0 {
 		n = v
+	}
+	clients := 1
+	if v, err := strconv.Atoi(os.Getenv("ARBSTR_BENCH_CLIENTS")); err == nil && v > 0 {
+		clients = v
 	}
 	for _, driver := range []string{DriverSQLite, DriverPostgres} {
 		b.Run(driver, func(b *testing.B) {
@@ -38,7 +44,7 @@ func BenchmarkStats(b *testing.B) {
 			batch := make([]Row, 0, 5000)
 			for i := range n {
 				batch = append(batch, Row{ID: fmt.Sprintf("r%08d", i), Time: now.Add(-time.Duration(float64(i) / float64(n) * float64(30*24*time.Hour))),
-					Provider: providers[i%4], Model: "m", Outcome: "ok", PromptTokens: 100, CompletionTokens: 50,
+					Provider: providers[i%4], Client: "c" + strconv.Itoa(i/4%clients), Model: "m", Outcome: "ok", PromptTokens: 100, CompletionTokens: 50,
 					CostSats: 1, DearestCostSats: 2, LatencyMS: int64(i % 3000)})
 				if len(batch) == cap(batch) || i == n-1 {
 					if err := s.Insert(context.Background(), batch); err != nil {
@@ -86,7 +92,8 @@ func BenchmarkInsert(b *testing.B) {
 			for b.Loop() {
 				for i := range batch {
 					n++
-					batch[i] = Row{ID: fmt.Sprintf("arb-%016x", n), Time: now.Add(time.Duration(n) * time.Millisecond), Instance: "i1",
+					// Request ids are random: inserts land all over the id index.
+					batch[i] = Row{ID: fmt.Sprintf("arb-%016x", uint64(n)*0x9E3779B97F4A7C15), Time: now.Add(time.Duration(n) * time.Millisecond), Instance: "i1",
 						Provider: "cheap", Model: "bench-model", UpstreamModel: "bench-model", Outcome: "ok", Status: 200, Attempts: 1,
 						PromptTokens: 20, CompletionTokens: 9, CostSats: 0.0038, DearestCostSats: 0.05, LatencyMS: int64(n % 7)}
 				}

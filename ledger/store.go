@@ -22,8 +22,8 @@ const rowColumnCount = 24
 // drivers' limits on parameters.
 const insertBatch = 256
 
-// Insert writes rows in batches within one transaction; ids already stored
-// are skipped. The rows it did write are added to their hours' rollups in
+// Insert writes rows in batches within one transaction; rows already
+// stored (the same time and id) are skipped. The rows it did write are added to their hours' rollups in
 // the same transaction.
 func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
@@ -72,7 +72,7 @@ func (s *SQLStore) insertMany(ctx context.Context, tx *sql.Tx, rows []Row) ([]Ro
 			q.WriteString("(?" + strings.Repeat(",?", rowColumnCount-1) + ")")
 			args = append(args, rowArgs(r)...)
 		}
-		q.WriteString(" ON CONFLICT (id) DO NOTHING RETURNING id")
+		q.WriteString(" ON CONFLICT (time, id) DO NOTHING RETURNING id")
 		ids, err := queryStrings(ctx, tx, s.Rebind(q.String()), args...)
 		if err != nil {
 			return nil, err
@@ -107,8 +107,8 @@ func queryStrings(ctx context.Context, tx *sql.Tx, query string, args ...any) (m
 	return out, rows.Err()
 }
 
-// insertRow inserts one row, skipping an id already stored.
-var insertRow = "INSERT INTO requests (" + rowColumns + ") VALUES (?" + strings.Repeat(",?", rowColumnCount-1) + ") ON CONFLICT (id) DO NOTHING"
+// insertRow inserts one row, skipping one already stored.
+var insertRow = "INSERT INTO requests (" + rowColumns + ") VALUES (?" + strings.Repeat(",?", rowColumnCount-1) + ") ON CONFLICT (time, id) DO NOTHING"
 
 // insertEach runs the one-row insert for every row with one prepared
 // statement and returns the rows it wrote.
