@@ -18,8 +18,7 @@ const rowColumns = "id, time, instance, client, policy, model, provider, upstrea
 
 const rowColumnCount = 24
 
-// insertBatch bounds the rows of one INSERT statement, well under both
-// drivers' limits on parameters.
+// insertBatch is the most rows the writer inserts in one transaction.
 const insertBatch = 256
 
 // Insert writes rows in batches within one transaction; rows already
@@ -55,38 +54,65 @@ func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 	return tx.Commit()
 }
 
-// insertMany writes rows with multi-row statements and returns those it
-// wrote: a row whose id was stored already (a retried batch) must not be
-// counted in the rollups twice.
+// insertMany writes rows with one statement of one array per column, the
+// same text whatever the batch size (so the driver prepares it once per
+// connection), and returns those it wrote: a row stored already (a retried
+// batch) must not be counted in the rollups twice.
 func (s *SQLStore) insertMany(ctx context.Context, tx *sql.Tx, rows []Row) ([]Row, error) {
+	ids, err := queryStrings(ctx, tx, insertArrays, columnArrays(rows)...)
+	if err != nil {
+		return nil, err
+	}
 	inserted := make([]Row, 0, len(rows))
-	for start := 0; start < len(rows); start += insertBatch {
-		part := rows[start:min(start+insertBatch, len(rows))]
-		var q strings.Builder
-		q.WriteString("INSERT INTO requests (" + rowColumns + ") VALUES ")
-		args := make([]any, 0, len(part)*rowColumnCount)
-		for i, r := range part {
-			if i > 0 {
-				q.WriteByte(',')
-			}
-			q.WriteString("(?" + strings.Repeat(",?", rowColumnCount-1) + ")")
-			args = append(args, rowArgs(r)...)
-		}
-		q.WriteString(" ON CONFLICT (time, id) DO NOTHING RETURNING id")
-		ids, err := queryStrings(ctx, tx, s.Rebind(q.String()), args...)
-		if err != nil {
-			return nil, err
-		}
-		// The first row of an id is the one written; a later one in the
-		// same batch was skipped.
-		for _, r := range part {
-			if ids[r.ID] {
-				inserted = append(inserted, r)
-				delete(ids, r.ID)
-			}
+	// The first row of an id is the one written; a later one in the same
+	// batch was skipped.
+	for _, r := range rows {
+		if ids[r.ID] {
+			inserted = append(inserted, r)
+			delete(ids, r.ID)
 		}
 	}
 	return inserted, nil
+}
+
+// insertArrays is PostgreSQL's insert of a batch given as column arrays,
+// in the order of rowColumns.
+const insertArrays = "INSERT INTO requests (" + rowColumns + ") SELECT * FROM unnest(" +
+	"$1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], " +
+	"$9::boolean[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[], " +
+	"$16::float8[], $17::float8[], $18::bigint[], $19::bigint[], $20::text[], $21::bigint[], $22::float8[], " +
+	"$23::text[], $24::text[]) ON CONFLICT (time, id) DO NOTHING RETURNING id"
+
+// columnArrays turns rows into the arrays of insertArrays.
+func columnArrays(rows []Row) []any {
+	n := len(rows)
+	texts := make([][]string, 12)
+	for i := range texts {
+		texts[i] = make([]string, n)
+	}
+	ints := make([][]int64, 7)
+	for i := range ints {
+		ints[i] = make([]int64, n)
+	}
+	stream := make([]bool, n)
+	cost, dearest := make([]float64, n), make([]float64, n)
+	firstEvent, complexity := make([]*int64, n), make([]*float64, n)
+	for i, r := range rows {
+		for j, v := range []string{r.ID, r.Instance, r.Client, r.Policy, r.Model, r.Provider, r.UpstreamModel,
+			r.Outcome, r.Retries, r.ErrorCode, r.Tier, endpointOf(r)} {
+			texts[j][i] = v
+		}
+		for j, v := range []int64{r.Time.UnixMicro(), int64(r.Status), int64(r.Attempts), r.PromptTokens,
+			r.CompletionTokens, r.LatencyMS, int64(r.Continuations)} {
+			ints[j][i] = v
+		}
+		stream[i], cost[i], dearest[i] = r.Stream, r.CostSats, r.DearestCostSats
+		firstEvent[i], complexity[i] = r.FirstEventMS, r.Complexity
+	}
+	return []any{texts[0], ints[0], texts[1], texts[2], texts[3], texts[4], texts[5], texts[6],
+		stream, ints[1], texts[7], ints[2], texts[8], ints[3], ints[4],
+		cost, dearest, ints[5], firstEvent, texts[9], ints[6], complexity,
+		texts[10], texts[11]}
 }
 
 // queryStrings runs a query of one text column and returns its values.
