@@ -59,7 +59,7 @@ func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 // connection), and returns those it wrote: a row stored already (a retried
 // batch) must not be counted in the rollups twice.
 func (s *SQLStore) insertMany(ctx context.Context, tx *sql.Tx, rows []Row) ([]Row, error) {
-	ids, err := queryStrings(ctx, tx, insertArrays, columnArrays(rows)...)
+	ids, err := insertedIDs(ctx, tx, insertArrays, columnArrays(rows)...)
 	if err != nil {
 		return nil, err
 	}
@@ -115,8 +115,8 @@ func columnArrays(rows []Row) []any {
 		texts[10], texts[11]}
 }
 
-// queryStrings runs a query of one text column and returns its values.
-func queryStrings(ctx context.Context, tx *sql.Tx, query string, args ...any) (map[string]bool, error) {
+// insertedIDs runs an insert that returns the ids it wrote, as a set.
+func insertedIDs(ctx context.Context, tx *sql.Tx, query string, args ...any) (map[string]bool, error) {
 	rows, err := tx.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
