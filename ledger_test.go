@@ -215,6 +215,9 @@ func TestLedgerRecordsEveryRequest(t *testing.T) {
 	if p.FirstEventMS != nil {
 		t.Errorf("a plain request has no first event, got %d", *p.FirstEventMS)
 	}
+	if p.Endpoint != "chat" {
+		t.Errorf("plain row endpoint %q, want chat", p.Endpoint)
+	}
 
 	s := byID[stream.Header.Get(headerRequestID)]
 	if s.Provider != "mid" || s.Client != "bob" || s.Policy != "code" || !s.Stream || s.Outcome != "ok" || s.FirstEventMS == nil {
@@ -313,6 +316,10 @@ func TestLedgerAdminQueries(t *testing.T) {
 	if code := adminGet(t, tc, "/arbstr/stats?since=1h&group_by=hour", &st); code != 200 || st.Total.Requests != 5 ||
 		len(st.Groups) < 1 || st.Since == nil || time.Since(*st.Since) < 59*time.Minute {
 		t.Fatalf("last hour by hour: %d %+v", code, st)
+	}
+	if code := adminGet(t, tc, "/arbstr/stats?endpoint=chat&group_by=endpoint", &st); code != 200 || st.Total.Requests != 5 ||
+		len(st.Groups) != 1 || st.Groups[0].Key["endpoint"] != "chat" {
+		t.Fatalf("chat requests by endpoint: %d %+v", code, st)
 	}
 	if code := adminGet(t, tc, "/arbstr/stats?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z", &st); code != 200 || st.Total.Requests != 0 {
 		t.Fatalf("a day without rows: %d %+v", code, st.Total)

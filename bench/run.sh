@@ -14,13 +14,20 @@
 # Measured, in alternating A/B rounds: non-streaming throughput and latency
 # (wrk), streaming time to first event and per event, latency by request
 # body size and by number of providers, Caddy's CPU time per request, memory
-# under load and per idle stream (each variant in a fresh Caddy). Results:
+# under load and per idle stream (each variant in a fresh Caddy), and, unless
+# LEDGER=off, arbstr with the ledger on vs 'ledger off' (alternating rounds,
+# switched by a config reload). Results:
 # bench/out/results.md (and the table on stdout), raw figures in raw.txt,
 # heap profiles of the held streams in heap-held-*.pprof / *.top.txt.
 #
 #   bench/run.sh             full run (~3-4 minutes)
 #   QUICK=1 bench/run.sh     smoke check (~1 minute)
 #   LEDGER=off bench/run.sh  without the ledger (default: SQLite, as installed)
+#   LEDGER=postgres bench/run.sh
+#                            the ledger in PostgreSQL: a database of its own,
+#                            created and dropped by the run, on the server of
+#                            PG_SERVER (default postgres://postgres@127.0.0.1:5432;
+#                            psql must be installed)
 #   PROFILE=1 bench/run.sh   also CPU profiles of Caddy under the non-streaming
 #                            load, arbstr and reverse_proxy (bench/out/cpu-*)
 #
@@ -107,9 +114,22 @@ arbstr_handle() { # PREFIX N STANDIN_PATH
 }
 CADDYFILE=$OUT/Caddyfile
 # The ledger as a fresh install has it (SQLite), in the output folder;
-# LEDGER=off measures the router without it.
+# LEDGER=off measures the router without it; LEDGER=postgres puts it in a
+# fresh PostgreSQL database, dropped when the run ends.
 LEDGER=${LEDGER:-sqlite $OUT/ledger.db}
 rm -f "$OUT"/ledger.db*
+PG_DB=
+if [ "$LEDGER" = postgres ]; then
+	command -v psql >/dev/null || die "LEDGER=postgres needs psql"
+	PG_SERVER=${PG_SERVER:-postgres://postgres@127.0.0.1:5432}
+	PG_DB=arbstr_bench_$$
+	psql -q "$PG_SERVER/postgres?sslmode=disable" -c "CREATE DATABASE $PG_DB" ||
+		die "cannot create database $PG_DB on $PG_SERVER; is PostgreSQL running?"
+	LEDGER="postgres $PG_SERVER/$PG_DB?sslmode=disable"
+fi
+drop_pg_db() {
+	[ -z "$PG_DB" ] || psql -q "$PG_SERVER/postgres?sslmode=disable" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" || true
+}
 {
 	cat <<EOF
 {
@@ -189,7 +209,7 @@ stop_caddy() {
 	fi
 	CADDY_PID=
 }
-trap stop_caddy EXIT
+trap 'stop_caddy; drop_pg_db' EXIT
 : >"$OUT/caddy.log"
 start_caddy
 
@@ -281,6 +301,33 @@ if [ "$PROFILE" = 1 ]; then
 	done
 fi
 
+# --- 1b. the ledger on vs off -------------------------------------------------
+# The same load against arbstr with the run's ledger and with 'ledger off',
+# switched by a config reload between rounds, alternating, so that both
+# see the same machine at the same time.
+if [ "${LEDGER%% *}" != off ]; then
+	CADDYFILE_OFF=$OUT/Caddyfile.ledger-off
+	sed -E 's/^(\s*)ledger .*/\1ledger off/' "$CADDYFILE" >"$CADDYFILE_OFF"
+	use_config() {
+		bin/caddy reload --config "$1" --adapter caddyfile --address "127.0.0.1:$ADMIN_PORT" >>"$OUT/caddy.log" 2>&1 ||
+			die "caddy reload --config $1 failed; see $OUT/caddy.log"
+	}
+	LEDGER_ROUNDS=$((ROUNDS < 4 ? 4 : ROUNDS))
+	log "ledger on vs off: $LEDGER_ROUNDS rounds × ${NS_SECS}s per variant, $CONNS connections"
+	for ((r = 1; r <= LEDGER_ROUNDS; r++)); do
+		variants="on off"
+		((r % 2)) || variants="off on"
+		for v in $variants; do
+			if [ "$v" = on ]; then use_config "$CADDYFILE"; else use_config "$CADDYFILE_OFF"; fi
+			wrk_run $CONNS $THREADS 1 "$(url_of arbstr plain)" "$OUT/body_small.json" >/dev/null
+			res=$(wrk_run $CONNS $THREADS "$NS_SECS" "$(url_of arbstr plain)" "$OUT/body_small.json")
+			record ledger $v $r "$res"
+			log "  round $r ledger $v: $res"
+		done
+	done
+	use_config "$CADDYFILE"
+fi
+
 # --- 2. streaming: first event and per event --------------------------------
 log "streaming: $ROUNDS rounds × $STREAMS streams of 200 events per variant"
 "$TOOL" stream -url "$(url_of arbstr stream)" -body "$OUT/body_stream.json" -n 3 -warmup 2 >/dev/null
@@ -342,7 +389,7 @@ mode="full"
 {
 	echo "# arbstr benchmark results"
 	echo
-	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $mode run of \`bench/run.sh\`; $(nproc) cores, $(go env GOVERSION), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- '*.go' 2>/dev/null || echo ' + local changes')."
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $mode run of \`bench/run.sh\` (ledger: ${LEDGER%% *}); $(nproc) cores, $(go env GOVERSION), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- '*.go' 2>/dev/null || echo ' + local changes')."
 	echo "One Caddy process serves the stand-in upstream, the reverse_proxy baseline and arbstr; the load"
 	echo "generator runs on the same cores. Ratio = arbstr / baseline, median over $ROUNDS alternating rounds"
 	echo "(range in brackets). Lower is better except for throughput."

@@ -15,15 +15,16 @@ import (
 // Store is where ledger rows live. Both implementations (SQLite and
 // PostgreSQL) share one schema and the same queries.
 type Store interface {
-	// Insert writes rows in one batch. A row whose id is already stored is
-	// skipped, so that a batch retried after an unclear failure is not
-	// written twice.
+	// Insert writes rows in one batch. A row whose time and id are already
+	// stored is skipped, so that a batch retried after an unclear failure
+	// is not written twice.
 	Insert(ctx context.Context, rows []Row) error
 	// Stats sums the rows a query selects, in total and per group.
 	Stats(ctx context.Context, q StatsQuery) (Stats, error)
 	// Requests lists the rows a query selects, newest first, one page at a time.
 	Requests(ctx context.Context, q RequestsQuery) (Page, error)
-	// DeleteBefore deletes rows older than t and says how many went.
+	// DeleteBefore deletes the rows of the hours that ended by t (t cut
+	// to the hour) and says how many went.
 	DeleteBefore(ctx context.Context, t time.Time) (int64, error)
 	// Close releases the store's connections.
 	Close() error
@@ -78,6 +79,9 @@ type Row struct {
 	Complexity *float64 `json:"complexity"`
 	// Tier is the serving provider's tier when tiers are on.
 	Tier string `json:"tier"`
+	// Endpoint is the API the client called: chat, embeddings, responses
+	// or messages. Insert stores "" as chat, the column's default.
+	Endpoint string `json:"endpoint"`
 }
 
 // Filter selects rows. Match holds equality filters by column; only the
@@ -90,11 +94,11 @@ type Filter struct {
 }
 
 // FilterColumns are the columns a Filter may match on.
-var FilterColumns = []string{"provider", "model", "client", "policy", "outcome", "instance"}
+var FilterColumns = []string{"provider", "model", "client", "policy", "outcome", "instance", "endpoint"}
 
 // GroupColumns are the keys Stats may group by. day and hour are the UTC
 // calendar day and hour of the row time.
-var GroupColumns = []string{"provider", "model", "policy", "client", "day", "hour"}
+var GroupColumns = []string{"provider", "model", "policy", "client", "endpoint", "day", "hour"}
 
 // StatsQuery selects the rows to sum and how to group them.
 type StatsQuery struct {

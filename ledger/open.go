@@ -6,6 +6,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -38,6 +39,12 @@ type SQLStore struct {
 	// down at start is migrated on first use instead of failing the config.
 	migrateMu sync.Mutex
 	migrated  bool
+
+	// stmts holds statements prepared once on the handle, by query text,
+	// for the insert path: each batch reuses them instead of parsing a
+	// long statement again (SQLite parses in this process's CPU).
+	stmtsMu sync.Mutex
+	stmts   map[string]*sql.Stmt
 }
 
 // Open returns the store of driver (sqlite or postgres) at dsn, its schema
@@ -111,8 +118,35 @@ func (s *SQLStore) Rebind(query string) string {
 	return b.String()
 }
 
-// Close closes the database handle.
-func (s *SQLStore) Close() error { return s.db.Close() }
+// Close closes the prepared statements and the database handle.
+func (s *SQLStore) Close() error {
+	s.stmtsMu.Lock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	s.stmts = nil
+	s.stmtsMu.Unlock()
+	return s.db.Close()
+}
+
+// txStmt is query prepared within tx, reusing the statement prepared on
+// the handle (and on tx's connection) by an earlier call.
+func (s *SQLStore) txStmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
+	s.stmtsMu.Lock()
+	defer s.stmtsMu.Unlock()
+	st := s.stmts[query]
+	if st == nil {
+		var err error
+		if st, err = s.db.PrepareContext(ctx, query); err != nil {
+			return nil, err
+		}
+		if s.stmts == nil {
+			s.stmts = map[string]*sql.Stmt{}
+		}
+		s.stmts[query] = st
+	}
+	return tx.StmtContext(ctx, st), nil
+}
 
 // ensureMigrated runs the migrations once; after a failure the next call
 // tries again.
@@ -176,6 +210,12 @@ func migrationsFor(driver string) ([]migration, error) {
 // write lock (immediate transactions), and each migration checks again
 // inside its transaction whether another process applied it meanwhile.
 func migrate(ctx context.Context, db *sql.DB, driver string) error {
+	return migrateUpTo(ctx, db, driver, math.MaxInt)
+}
+
+// migrateUpTo applies the migrations up to version last (tests use it to
+// build a database as an older release left it).
+func migrateUpTo(ctx context.Context, db *sql.DB, driver string, last int) error {
 	list, err := migrationsFor(driver)
 	if err != nil {
 		return err
@@ -203,6 +243,9 @@ func migrate(ctx context.Context, db *sql.DB, driver string) error {
 		mark = "$1"
 	}
 	for _, m := range list {
+		if m.version > last {
+			break
+		}
 		if err := applyMigration(ctx, conn, driver, mark, m); err != nil {
 			return fmt.Errorf("%s: %w", m.name, err)
 		}

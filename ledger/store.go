@@ -14,16 +14,16 @@ import (
 // rowColumns are the columns Insert writes and Requests reads, in order.
 const rowColumns = "id, time, instance, client, policy, model, provider, upstream_model, stream, status, outcome, " +
 	"attempts, retries, prompt_tokens, completion_tokens, cost_sats, dearest_cost_sats, latency_ms, first_event_ms, " +
-	"error_code, continuations, complexity, tier"
+	"error_code, continuations, complexity, tier, endpoint"
 
-const rowColumnCount = 23
+const rowColumnCount = 24
 
-// insertBatch bounds the rows of one INSERT statement, well under both
-// drivers' limits on parameters.
+// insertBatch is the most rows the writer inserts in one transaction.
 const insertBatch = 256
 
-// Insert writes rows in batches within one transaction; ids already stored
-// are skipped.
+// Insert writes rows in batches within one transaction; rows already
+// stored (the same time and id) are skipped. The rows it did write are added to their hours' rollups in
+// the same transaction.
 func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
 		return nil
@@ -36,51 +36,126 @@ func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 		return err
 	}
 	defer tx.Rollback()
-	if s.Driver() == "sqlite" {
+	var inserted []Row
+	if s.Driver() == DriverSQLite {
 		// SQLite runs in this process: one prepared single-row statement
 		// costs less CPU than parsing a statement of thousands of
 		// parameters per batch.
-		if err := insertEach(ctx, tx, s.Rebind(insertRow), rows); err != nil {
-			return err
-		}
-		return tx.Commit()
+		inserted, err = s.insertEach(ctx, tx, rows)
+	} else {
+		inserted, err = s.insertMany(ctx, tx, rows)
 	}
-	for start := 0; start < len(rows); start += insertBatch {
-		part := rows[start:min(start+insertBatch, len(rows))]
-		var q strings.Builder
-		q.WriteString("INSERT INTO requests (" + rowColumns + ") VALUES ")
-		args := make([]any, 0, len(part)*rowColumnCount)
-		for i, r := range part {
-			if i > 0 {
-				q.WriteByte(',')
-			}
-			q.WriteString("(?" + strings.Repeat(",?", rowColumnCount-1) + ")")
-			args = append(args, rowArgs(r)...)
-		}
-		q.WriteString(" ON CONFLICT (id) DO NOTHING")
-		if _, err := tx.ExecContext(ctx, s.Rebind(q.String()), args...); err != nil {
-			return err
-		}
+	if err != nil {
+		return err
+	}
+	if err := s.upsertRollups(ctx, tx, inserted); err != nil {
+		return err
 	}
 	return tx.Commit()
 }
 
-// insertRow inserts one row, skipping an id already stored.
-var insertRow = "INSERT INTO requests (" + rowColumns + ") VALUES (?" + strings.Repeat(",?", rowColumnCount-1) + ") ON CONFLICT (id) DO NOTHING"
-
-// insertEach runs the one-row insert for every row with one prepared statement.
-func insertEach(ctx context.Context, tx *sql.Tx, query string, rows []Row) error {
-	stmt, err := tx.PrepareContext(ctx, query)
+// insertMany writes rows with one statement of one array per column, the
+// same text whatever the batch size (so the driver prepares it once per
+// connection), and returns those it wrote: a row stored already (a retried
+// batch) must not be counted in the rollups twice.
+func (s *SQLStore) insertMany(ctx context.Context, tx *sql.Tx, rows []Row) ([]Row, error) {
+	ids, err := insertedIDs(ctx, tx, insertArrays, columnArrays(rows)...)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer stmt.Close()
+	inserted := make([]Row, 0, len(rows))
+	// The first row of an id is the one written; a later one in the same
+	// batch was skipped.
 	for _, r := range rows {
-		if _, err := stmt.ExecContext(ctx, rowArgs(r)...); err != nil {
-			return err
+		if ids[r.ID] {
+			inserted = append(inserted, r)
+			delete(ids, r.ID)
 		}
 	}
-	return nil
+	return inserted, nil
+}
+
+// insertArrays is PostgreSQL's insert of a batch given as column arrays,
+// in the order of rowColumns.
+const insertArrays = "INSERT INTO requests (" + rowColumns + ") SELECT * FROM unnest(" +
+	"$1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], " +
+	"$9::boolean[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[], " +
+	"$16::float8[], $17::float8[], $18::bigint[], $19::bigint[], $20::text[], $21::bigint[], $22::float8[], " +
+	"$23::text[], $24::text[]) ON CONFLICT (time, id) DO NOTHING RETURNING id"
+
+// columnArrays turns rows into the arrays of insertArrays.
+func columnArrays(rows []Row) []any {
+	n := len(rows)
+	texts := make([][]string, 12)
+	for i := range texts {
+		texts[i] = make([]string, n)
+	}
+	ints := make([][]int64, 7)
+	for i := range ints {
+		ints[i] = make([]int64, n)
+	}
+	stream := make([]bool, n)
+	cost, dearest := make([]float64, n), make([]float64, n)
+	firstEvent, complexity := make([]*int64, n), make([]*float64, n)
+	for i, r := range rows {
+		for j, v := range []string{r.ID, r.Instance, r.Client, r.Policy, r.Model, r.Provider, r.UpstreamModel,
+			r.Outcome, r.Retries, r.ErrorCode, r.Tier, endpointOf(r)} {
+			texts[j][i] = v
+		}
+		for j, v := range []int64{r.Time.UnixMicro(), int64(r.Status), int64(r.Attempts), r.PromptTokens,
+			r.CompletionTokens, r.LatencyMS, int64(r.Continuations)} {
+			ints[j][i] = v
+		}
+		stream[i], cost[i], dearest[i] = r.Stream, r.CostSats, r.DearestCostSats
+		firstEvent[i], complexity[i] = r.FirstEventMS, r.Complexity
+	}
+	return []any{texts[0], ints[0], texts[1], texts[2], texts[3], texts[4], texts[5], texts[6],
+		stream, ints[1], texts[7], ints[2], texts[8], ints[3], ints[4],
+		cost, dearest, ints[5], firstEvent, texts[9], ints[6], complexity,
+		texts[10], texts[11]}
+}
+
+// insertedIDs runs an insert that returns the ids it wrote, as a set.
+func insertedIDs(ctx context.Context, tx *sql.Tx, query string, args ...any) (map[string]bool, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out[v] = true
+	}
+	return out, rows.Err()
+}
+
+// insertRow inserts one row, skipping one already stored.
+var insertRow = "INSERT INTO requests (" + rowColumns + ") VALUES (?" + strings.Repeat(",?", rowColumnCount-1) + ") ON CONFLICT (time, id) DO NOTHING"
+
+// insertEach runs the one-row insert for every row with one prepared
+// statement and returns the rows it wrote.
+func (s *SQLStore) insertEach(ctx context.Context, tx *sql.Tx, rows []Row) ([]Row, error) {
+	stmt, err := s.txStmt(ctx, tx, s.Rebind(insertRow))
+	if err != nil {
+		return nil, err
+	}
+	inserted := make([]Row, 0, len(rows))
+	for _, r := range rows {
+		res, err := stmt.ExecContext(ctx, rowArgs(r)...)
+		if err != nil {
+			return nil, err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, err
+		} else if n == 1 {
+			inserted = append(inserted, r)
+		}
+	}
+	return inserted, nil
 }
 
 func rowArgs(r Row) []any {
@@ -93,7 +168,18 @@ func rowArgs(r Row) []any {
 	}
 	return []any{r.ID, r.Time.UnixMicro(), r.Instance, r.Client, r.Policy, r.Model, r.Provider, r.UpstreamModel,
 		r.Stream, r.Status, r.Outcome, r.Attempts, r.Retries, r.PromptTokens, r.CompletionTokens, r.CostSats,
-		r.DearestCostSats, r.LatencyMS, firstEvent, r.ErrorCode, r.Continuations, complexity, r.Tier}
+		r.DearestCostSats, r.LatencyMS, firstEvent, r.ErrorCode, r.Continuations, complexity, r.Tier, endpointOf(r)}
+}
+
+// DefaultEndpoint is the endpoint of a row that names none: rows written
+// before the column existed were all chat requests.
+const DefaultEndpoint = "chat"
+
+func endpointOf(r Row) string {
+	if r.Endpoint == "" {
+		return DefaultEndpoint
+	}
+	return r.Endpoint
 }
 
 func scanRow(rows *sql.Rows) (Row, error) {
@@ -103,7 +189,7 @@ func scanRow(rows *sql.Rows) (Row, error) {
 	var complexity sql.NullFloat64
 	err := rows.Scan(&r.ID, &us, &r.Instance, &r.Client, &r.Policy, &r.Model, &r.Provider, &r.UpstreamModel,
 		&r.Stream, &r.Status, &r.Outcome, &r.Attempts, &r.Retries, &r.PromptTokens, &r.CompletionTokens, &r.CostSats,
-		&r.DearestCostSats, &r.LatencyMS, &firstEvent, &r.ErrorCode, &r.Continuations, &complexity, &r.Tier)
+		&r.DearestCostSats, &r.LatencyMS, &firstEvent, &r.ErrorCode, &r.Continuations, &complexity, &r.Tier, &r.Endpoint)
 	if err != nil {
 		return r, err
 	}
@@ -151,7 +237,7 @@ func (f Filter) where() (string, []any, error) {
 // groupExpr is the SQL expression of a group key, from a fixed table.
 func groupExpr(key string) (string, bool) {
 	switch key {
-	case "provider", "model", "policy", "client":
+	case "provider", "model", "policy", "client", "endpoint":
 		return key, true
 	case "day":
 		return "(time / 86400000000) * 86400000000", true
@@ -161,11 +247,12 @@ func groupExpr(key string) (string, bool) {
 	return "", false
 }
 
-// Stats sums rows in one pass per answer: totals, then groups. The
-// percentiles are nearest-rank over latency_ms, computed with window
-// functions that both SQLite and PostgreSQL have.
+// Stats sums the rows a query selects. Whole hours of the range come from
+// the hourly rollups, the partial hours at its edges from the rows
+// themselves; both are merged here, so counts, tokens and costs are the
+// rows' sums and the percentiles come from the merged latency histogram.
 func (s *SQLStore) Stats(ctx context.Context, q StatsQuery) (Stats, error) {
-	var out Stats
+	out := Stats{Groups: []Group{}}
 	var exprs []string
 	seen := map[string]bool{}
 	for _, k := range q.GroupBy {
@@ -179,95 +266,225 @@ func (s *SQLStore) Stats(ctx context.Context, q StatsQuery) (Stats, error) {
 		seen[k] = true
 		exprs = append(exprs, e)
 	}
-	where, args, err := q.where()
-	if err != nil {
+	if _, _, err := q.where(); err != nil {
 		return out, err
 	}
 	if err := s.ensureMigrated(ctx); err != nil {
 		return out, err
 	}
-	totals, err := s.sums(ctx, nil, nil, where, args)
-	if err != nil {
-		return out, err
-	}
-	out.Total = totals[0].Totals
-	out.Groups = []Group{}
-	if len(exprs) > 0 {
-		if out.Groups, err = s.sums(ctx, q.GroupBy, exprs, where, args); err != nil {
+	acc := statsAcc{keys: q.GroupBy, groups: map[string]*groupAcc{}}
+	whole, edges := splitHours(q.Since, q.Until)
+	if whole != nil {
+		f := q.Filter
+		f.Since, f.Until = whole[0], whole[1]
+		if err := s.sumRollups(ctx, &acc, exprs, f); err != nil {
 			return out, err
 		}
 	}
+	for _, e := range edges {
+		f := q.Filter
+		f.Since, f.Until = e[0], e[1]
+		if err := s.sumRows(ctx, &acc, exprs, f); err != nil {
+			return out, err
+		}
+	}
+	out.Total, out.Groups = acc.result()
 	return out, nil
 }
 
-// sums runs the aggregate query for the given group keys (none: one total).
-func (s *SQLStore) sums(ctx context.Context, keys, exprs []string, where string, args []any) ([]Group, error) {
-	var inner, outer, partition strings.Builder
-	for i, e := range exprs {
-		fmt.Fprintf(&inner, "%s AS g%d, ", e, i)
-		fmt.Fprintf(&outer, "g%d, ", i)
-		if i > 0 {
-			partition.WriteString(", ")
+// splitHours splits [since, until) (zero: open) into the whole hours
+// inside it, answered from rollups (nil when there are none), and the
+// partial hours at its edges, answered from rows. Times are cut to the
+// microsecond first, as the rows' times are.
+func splitHours(since, until time.Time) (whole *[2]time.Time, edges [][2]time.Time) {
+	if !since.IsZero() {
+		since = time.UnixMicro(since.UnixMicro()).UTC()
+	}
+	if !until.IsZero() {
+		until = time.UnixMicro(until.UnixMicro()).UTC()
+	}
+	from, to := since, until
+	if !from.IsZero() && !from.Truncate(time.Hour).Equal(from) {
+		from = from.Truncate(time.Hour).Add(time.Hour)
+	}
+	if !to.IsZero() {
+		to = to.Truncate(time.Hour)
+	}
+	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
+		return nil, [][2]time.Time{{since, until}}
+	}
+	if from != since {
+		edges = append(edges, [2]time.Time{since, from})
+	}
+	if to != until {
+		edges = append(edges, [2]time.Time{to, until})
+	}
+	return &[2]time.Time{from, to}, edges
+}
+
+// statsAcc merges partial sums by group key.
+type statsAcc struct {
+	keys   []string
+	groups map[string]*groupAcc
+}
+
+// groupAcc is the running sums of one group.
+type groupAcc struct {
+	key                                             []string
+	requests, succeeded, promptTokens, completionTk int64
+	cost, dearest                                   float64
+	hist                                            histogram
+}
+
+// group returns the sums of the group whose key values are vals.
+func (a *statsAcc) group(vals []any) *groupAcc {
+	key := make([]string, len(vals))
+	for i, v := range vals {
+		key[i] = keyString(a.keys[i], v)
+	}
+	id := strings.Join(key, "\x00")
+	g := a.groups[id]
+	if g == nil {
+		g = &groupAcc{key: key}
+		a.groups[id] = g
+	}
+	return g
+}
+
+// result is the total and the groups in key order (day and hour keys are
+// RFC 3339 times, which sort as times).
+func (a *statsAcc) result() (Totals, []Group) {
+	var all groupAcc
+	list := make([]*groupAcc, 0, len(a.groups))
+	for _, g := range a.groups {
+		all.add(g)
+		list = append(list, g)
+	}
+	groups := []Group{}
+	if len(a.keys) > 0 {
+		slices.SortFunc(list, func(x, y *groupAcc) int { return slices.Compare(x.key, y.key) })
+		for _, g := range list {
+			out := Group{Key: make(map[string]string, len(a.keys)), Totals: g.totals()}
+			for i, k := range a.keys {
+				out.Key[k] = g.key[i]
+			}
+			groups = append(groups, out)
 		}
-		fmt.Fprintf(&partition, "%s", e)
 	}
-	over := "(ORDER BY latency_ms)"
-	count := "COUNT(*) OVER ()"
-	if len(exprs) > 0 {
-		over = "(PARTITION BY " + partition.String() + " ORDER BY latency_ms)"
-		count = "COUNT(*) OVER (PARTITION BY " + partition.String() + ")"
+	return all.totals(), groups
+}
+
+func (g *groupAcc) add(o *groupAcc) {
+	g.requests += o.requests
+	g.succeeded += o.succeeded
+	g.promptTokens += o.promptTokens
+	g.completionTk += o.completionTk
+	g.cost += o.cost
+	g.dearest += o.dearest
+	for i, c := range o.hist {
+		g.hist[i] += c
 	}
-	query := "SELECT " + outer.String() + `COUNT(*),
-		CAST(COALESCE(SUM(CASE WHEN outcome IN ('ok', 'continued') THEN 1 ELSE 0 END), 0) AS BIGINT),
-		CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT),
-		CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT),
-		CAST(COALESCE(SUM(cost_sats), 0) AS DOUBLE PRECISION),
-		CAST(COALESCE(SUM(dearest_cost_sats), 0) AS DOUBLE PRECISION),
-		CAST(COALESCE(MAX(CASE WHEN rn = (n * 50 + 99) / 100 THEN latency_ms END), 0) AS BIGINT),
-		CAST(COALESCE(MAX(CASE WHEN rn = (n * 95 + 99) / 100 THEN latency_ms END), 0) AS BIGINT)
-		FROM (SELECT ` + inner.String() + `outcome, prompt_tokens, completion_tokens, cost_sats, dearest_cost_sats, latency_ms,
-			ROW_NUMBER() OVER ` + over + ` AS rn, ` + count + ` AS n
-			FROM requests` + where + `) AS f`
-	if len(exprs) > 0 {
-		g := strings.TrimSuffix(outer.String(), ", ")
-		query += " GROUP BY " + g + " ORDER BY " + g
+}
+
+func (g *groupAcc) totals() Totals {
+	return Totals{Requests: g.requests, Succeeded: g.succeeded, Failed: g.requests - g.succeeded,
+		PromptTokens: g.promptTokens, CompletionTokens: g.completionTk, CostSats: g.cost, DearestCostSats: g.dearest,
+		SavedSats: g.dearest - g.cost, LatencyMSP50: g.hist.percentile(50), LatencyMSP95: g.hist.percentile(95)}
+}
+
+// sumsSQL are the sums both stats queries select after the group keys:
+// over rows, count is COUNT(*) and one 1; over rollups, SUM(requests) and
+// requests.
+func sumsSQL(count, one string) string {
+	return "CAST(COALESCE(" + count + ", 0) AS BIGINT), " +
+		"CAST(COALESCE(SUM(CASE WHEN outcome IN ('ok', 'continued') THEN " + one + " ELSE 0 END), 0) AS BIGINT), " +
+		"CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT), CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT), " +
+		"CAST(COALESCE(SUM(cost_sats), 0) AS DOUBLE PRECISION), CAST(COALESCE(SUM(dearest_cost_sats), 0) AS DOUBLE PRECISION)"
+}
+
+// groupSQL is the SELECT list's group keys and the GROUP BY clause of the
+// keys and extra more columns after them.
+func groupSQL(exprs []string, extra int) (sel, groupBy string) {
+	var b strings.Builder
+	for i, e := range exprs {
+		fmt.Fprintf(&b, "%s AS g%d, ", e, i)
 	}
+	n := len(exprs) + extra
+	if n == 0 {
+		return b.String(), ""
+	}
+	ords := make([]string, n)
+	for i := range ords {
+		ords[i] = strconv.Itoa(i + 1)
+	}
+	return b.String(), " GROUP BY " + strings.Join(ords, ", ")
+}
+
+// sumRollups adds the rollups of the whole hours f selects.
+func (s *SQLStore) sumRollups(ctx context.Context, acc *statsAcc, exprs []string, f Filter) error {
+	where, args, err := f.where()
+	if err != nil {
+		return err
+	}
+	sel, groupBy := groupSQL(exprs, 0)
+	var hist strings.Builder
+	for _, c := range histColumns() {
+		fmt.Fprintf(&hist, ", CAST(COALESCE(SUM(%s), 0) AS BIGINT)", c)
+	}
+	query := "SELECT " + sel + sumsSQL("SUM(requests)", "requests") + hist.String() + " FROM requests_hourly" + where + groupBy
+	return s.scanSums(ctx, acc, len(exprs), query, args, nil, latencyBuckets, func(part *groupAcc, counts []int64) {
+		copy(part.hist[:], counts)
+	})
+}
+
+// sumRows adds the rows f selects, their latencies counted by bucket.
+func (s *SQLStore) sumRows(ctx context.Context, acc *statsAcc, exprs []string, f Filter) error {
+	where, args, err := f.where()
+	if err != nil {
+		return err
+	}
+	sel, groupBy := groupSQL(exprs, 1)
+	query := "SELECT " + sel + latencyBucketSQL() + ", " + sumsSQL("COUNT(*)", "1") + " FROM requests" + where + groupBy
+	var bucket int64
+	return s.scanSums(ctx, acc, len(exprs), query, args, []any{&bucket}, 0, func(part *groupAcc, _ []int64) {
+		part.hist[bucket] = part.requests
+	})
+}
+
+// scanSums runs a stats query whose rows are: the group keys, the columns
+// pre scans into, the sums of sumsSQL, then post more numbers, and adds
+// each row to its group after fill has completed it.
+func (s *SQLStore) scanSums(ctx context.Context, acc *statsAcc, nkeys int, query string, args, pre []any, post int,
+	fill func(part *groupAcc, post []int64)) error {
 	rows, err := s.db.QueryContext(ctx, s.Rebind(query), args...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rows.Close()
-	var out []Group
+	keyVals := make([]any, nkeys)
+	extra := make([]int64, post)
+	dest := make([]any, 0, nkeys+len(pre)+6+post)
+	for i := range keyVals {
+		dest = append(dest, &keyVals[i])
+	}
+	dest = append(dest, pre...)
+	var part groupAcc
+	dest = append(dest, &part.requests, &part.succeeded, &part.promptTokens, &part.completionTk, &part.cost, &part.dearest)
+	for i := range extra {
+		dest = append(dest, &extra[i])
+	}
 	for rows.Next() {
-		keyVals := make([]any, len(keys))
-		dest := make([]any, 0, len(keys)+8)
-		for i := range keys {
-			dest = append(dest, &keyVals[i])
-		}
-		var t Totals
-		dest = append(dest, &t.Requests, &t.Succeeded, &t.PromptTokens, &t.CompletionTokens,
-			&t.CostSats, &t.DearestCostSats, &t.LatencyMSP50, &t.LatencyMSP95)
+		part = groupAcc{}
 		if err := rows.Scan(dest...); err != nil {
-			return nil, err
+			return err
 		}
-		t.Failed = t.Requests - t.Succeeded
-		t.SavedSats = t.DearestCostSats - t.CostSats
-		g := Group{Totals: t}
-		if len(keys) > 0 {
-			g.Key = make(map[string]string, len(keys))
-			for i, k := range keys {
-				g.Key[k] = keyString(k, keyVals[i])
-			}
+		if part.requests == 0 {
+			continue // the one row of an ungrouped query over nothing
 		}
-		out = append(out, g)
+		fill(&part, extra)
+		acc.group(keyVals).add(&part)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if len(keys) == 0 && len(out) == 0 {
-		out = append(out, Group{})
-	}
-	return out, nil
+	return rows.Err()
 }
 
 // keyString renders a group key's value: text as it is, day and hour
@@ -359,16 +576,31 @@ func decodeCursor(c string) (int64, string, error) {
 	return 0, "", fmt.Errorf("%w: the cursor is not one this server gave out; use next_cursor of the previous page", ErrBadQuery)
 }
 
-// DeleteBefore deletes rows older than t.
+// DeleteBefore deletes the rows, and their rollups, of the hours that
+// ended by t: retention works in whole hours, so that the rollups always
+// sum exactly the rows that are kept (a row stays up to an hour longer).
 func (s *SQLStore) DeleteBefore(ctx context.Context, t time.Time) (int64, error) {
 	if err := s.ensureMigrated(ctx); err != nil {
 		return 0, err
 	}
-	res, err := s.db.ExecContext(ctx, s.Rebind("DELETE FROM requests WHERE time < ?"), t.UnixMicro())
+	cut := t.Truncate(time.Hour).UnixMicro()
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
-	return res.RowsAffected()
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, s.Rebind("DELETE FROM requests WHERE time < ?"), cut)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, s.Rebind("DELETE FROM requests_hourly WHERE time < ?"), cut); err != nil {
+		return 0, err
+	}
+	return n, tx.Commit()
 }
 
 // Interface guard

@@ -49,7 +49,8 @@ func sampleRows() []Row {
 		{ID: "r3", Time: t0.Add(2 * time.Hour), Instance: "i2", Client: "alice", Model: "m2", Status: 502, Outcome: "error",
 			Attempts: 3, Retries: "3/alpha", LatencyMS: 900, ErrorCode: "upstream_failed"},
 		{ID: "r4", Time: t0.Add(26 * time.Hour), Instance: "i2", Client: "alice", Model: "m1", Provider: "alpha",
-			Status: 200, Outcome: "ok", Attempts: 1, PromptTokens: 1, CompletionTokens: 1, CostSats: 0.5, DearestCostSats: 0.5, LatencyMS: 200},
+			Status: 200, Outcome: "ok", Attempts: 1, PromptTokens: 1, CompletionTokens: 1, CostSats: 0.5, DearestCostSats: 0.5, LatencyMS: 200,
+			Endpoint: "embeddings"},
 	}
 }
 
@@ -71,6 +72,10 @@ func TestStoreRoundTrip(t *testing.T) {
 		if len(page.Rows) != 4 || page.NextCursor != "" {
 			t.Fatalf("got %d rows, cursor %q; want 4 and none", len(page.Rows), page.NextCursor)
 		}
+		// ...nor counts them twice in the rollups.
+		if st, err := s.Stats(ctx, StatsQuery{}); err != nil || st.Total.Requests != 4 || st.Total.CostSats != 3.5 {
+			t.Fatalf("stats after a retried batch: %+v, %v; want 4 requests costing 3.5", st.Total, err)
+		}
 		for i, want := range []string{"r4", "r3", "r2", "r1"} {
 			if page.Rows[i].ID != want {
 				t.Fatalf("row %d is %s, want %s (newest first)", i, page.Rows[i].ID, want)
@@ -84,6 +89,10 @@ func TestStoreRoundTrip(t *testing.T) {
 		}
 		if page.Rows[3].FirstEventMS != nil || page.Rows[3].Complexity != nil {
 			t.Fatalf("r1 has no first event or complexity, got %+v", page.Rows[3])
+		}
+		// A row that names no endpoint is a chat request.
+		if page.Rows[0].Endpoint != "embeddings" || page.Rows[3].Endpoint != "chat" {
+			t.Fatalf("endpoints r4 %q, r1 %q; want embeddings and chat", page.Rows[0].Endpoint, page.Rows[3].Endpoint)
 		}
 	})
 }
@@ -99,7 +108,7 @@ func TestStoreStats(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := Totals{Requests: 4, Succeeded: 3, Failed: 1, PromptTokens: 111, CompletionTokens: 56,
-			CostSats: 3.5, DearestCostSats: 7, SavedSats: 3.5, LatencyMSP50: 200, LatencyMSP95: 900}
+			CostSats: 3.5, DearestCostSats: 7, SavedSats: 3.5, LatencyMSP50: approx(200), LatencyMSP95: approx(900)}
 		if st.Total != want {
 			t.Fatalf("total %+v, want %+v", st.Total, want)
 		}
@@ -108,7 +117,7 @@ func TestStoreStats(t *testing.T) {
 		}
 		alpha := st.Groups[1]
 		if alpha.Key["provider"] != "alpha" || alpha.Requests != 2 || alpha.CostSats != 2.5 || alpha.SavedSats != 3 ||
-			alpha.LatencyMSP50 != 100 || alpha.LatencyMSP95 != 200 {
+			alpha.LatencyMSP50 != approx(100) || alpha.LatencyMSP95 != approx(200) {
 			t.Fatalf("alpha group %+v", alpha)
 		}
 
@@ -126,6 +135,19 @@ func TestStoreStats(t *testing.T) {
 		}
 		if st.Groups[2].Key["day"] != "2026-12-02T00:00:00Z" {
 			t.Fatalf("last group %+v", st.Groups[2])
+		}
+
+		st, err = s.Stats(ctx, StatsQuery{GroupBy: []string{"endpoint"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Groups) != 2 || st.Groups[0].Key["endpoint"] != "chat" || st.Groups[0].Requests != 3 ||
+			st.Groups[1].Key["endpoint"] != "embeddings" || st.Groups[1].Requests != 1 || st.Groups[1].CostSats != 0.5 {
+			t.Fatalf("by endpoint: %+v", st.Groups)
+		}
+		st, err = s.Stats(ctx, StatsQuery{Filter: Filter{Match: map[string]string{"endpoint": "embeddings"}}})
+		if err != nil || st.Total.Requests != 1 || st.Total.PromptTokens != 1 {
+			t.Fatalf("endpoint=embeddings: %+v, %v", st.Total, err)
 		}
 
 		st, err = s.Stats(ctx, StatsQuery{GroupBy: []string{"hour"}, Filter: Filter{Until: t0}})

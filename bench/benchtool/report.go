@@ -20,7 +20,7 @@ type reportRow struct {
 	label  string
 	a, b   figureKey
 	unit   string // how values are shown: req/s, us, kb_as_mb, b, n
-	target string // "ge1", "le1" or "" (for information)
+	target string // "ge1", "le1", "ge095" or "" (for information)
 	diff   bool   // show a - b, the absolute overhead
 	// noRatio: the values may be about zero or negative; a ratio means nothing.
 	noRatio bool
@@ -42,6 +42,9 @@ func reportSections() []reportSection {
 	vs := func(label, group, metric, unit, target string, diff bool) reportRow {
 		return reportRow{label: label, a: k(group, metric, "arbstr"), b: k(group, metric, "rp"), unit: unit, target: target, diff: diff}
 	}
+	onOff := func(label, metric, unit, target string, diff bool) reportRow {
+		return reportRow{label: label, a: k("ledger", metric, "on"), b: k("ledger", metric, "off"), unit: unit, target: target, diff: diff}
+	}
 	sections := []reportSection{
 		{"Non-streaming, 32 connections (baseline: reverse_proxy)", []reportRow{
 			vs("throughput", "nonstream", "rps", "req/s", "ge1", false),
@@ -49,6 +52,11 @@ func reportSections() []reportSection {
 			vs("latency p99", "nonstream", "p99_us", "us", "", true),
 			vs("Caddy CPU time per request", "nonstream", "cpu_us", "us", "", true),
 			vs("peak RSS of Caddy in the round (VmHWM)", "nonstream", "hwm_kb", "kb_as_mb", "", false),
+		}},
+		{"The ledger: arbstr with it on vs `ledger off`, alternating rounds in one run, 32 connections (baseline: ledger off)", []reportRow{
+			onOff("throughput", "rps", "req/s", "ge095", false),
+			onOff("latency p50", "p50_us", "us", "", true),
+			onOff("Caddy CPU time per request", "cpu_us", "us", "", true),
 		}},
 		{"Streaming, 200-event streams one at a time (baseline: reverse_proxy)", []reportRow{
 			vs("time to first event", "stream", "ttfb_us", "us", "le1", true),
@@ -233,6 +241,8 @@ func (r reportRow) render(figs figures) (string, bool) {
 			target = verdict("≥ 1.00", m >= 1.0)
 		case "le1":
 			target = verdict("≤ 1.00", m <= 1.0)
+		case "ge095":
+			target = verdict("≥ 0.95", m >= 0.95)
 		}
 	}
 	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s |", r.label,
