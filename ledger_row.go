@@ -36,7 +36,7 @@ func (ex *exchange) ledgerRow(app *App, providerName, model string, cost float64
 		// Tier routing (SPEC §14): nil and "" when it is off.
 		Complexity: ex.complexity,
 		Tier:       ex.tier,
-		Endpoint:   "chat", // to be set from the endpoint the request came in on, once the handler tells it
+		Endpoint:   ex.proto.endpoint(),
 	}
 	if app.ClientID != "" {
 		if repl, ok := ex.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {

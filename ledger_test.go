@@ -80,8 +80,19 @@ handle /dear/* {
 		name dear
 	}
 }
+handle /claude/* {
+	arbstr_standin {
+		name claude
+	}
+}
 handle /v1/* {
 	arbstr {
+		provider claude {
+			url %[1]s/claude/v1
+			api anthropic
+			input_rate 3000
+			output_rate 15000
+		}
 		provider cheap {
 			url %[1]s/cheap/v1
 			input_rate 100
@@ -323,6 +334,53 @@ func TestLedgerAdminQueries(t *testing.T) {
 	}
 	if code := adminGet(t, tc, "/arbstr/stats?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z", &st); code != 200 || st.Total.Requests != 0 {
 		t.Fatalf("a day without rows: %d %+v", code, st.Total)
+	}
+}
+
+// Every API's requests land in the ledger under their endpoint, with the
+// cost their client was told; stats group them by endpoint.
+func TestLedgerRecordsEachAPI(t *testing.T) {
+	global := "arbstr {\n\tledger sqlite " + filepath.Join(t.TempDir(), "ledger.db") + "\n}"
+	tc := startLedgerCaddy(t, global, "")
+	tc.loadGlobal(global, ledgerSite(tc.Port))
+	told := map[string]float64{}
+	for _, c := range []struct{ endpoint, path, body string }{
+		{"embeddings", "/v1/embeddings", `{"model":"m1","input":["count the sheep","in this field"]}`},
+		{"responses", "/v1/responses", `{"model":"m1","input":"count the sheep","stream":true}`},
+		{"messages", "/v1/messages", `{"model":"m1","max_tokens":100,"messages":[{"role":"user","content":"count the sheep"}]}`},
+	} {
+		resp := tc.Post(c.path, c.body, "anthropic-version", "2023-06-01")
+		body, _ := io.ReadAll(resp.Body)
+		cost := resp.Header.Get(headerCost)
+		if cost == "" {
+			cost = resp.Trailer.Get(headerCost)
+		}
+		if resp.StatusCode != 200 || cost == "" {
+			t.Fatalf("%s: %d, cost %q: %s", c.path, resp.StatusCode, cost, body)
+		}
+		told[c.endpoint], _ = strconv.ParseFloat(cost, 64)
+	}
+	flushLedger(t)
+
+	var page requestsAnswer
+	if code := adminGet(t, tc, "/arbstr/requests", &page); code != 200 || len(page.Requests) != 3 {
+		t.Fatalf("GET /arbstr/requests: %d, %d rows %s", code, len(page.Requests), page.Error)
+	}
+	for _, r := range page.Requests {
+		want, ok := told[r.Endpoint]
+		if !ok || math.Abs(r.CostSats-want) > 0.005 || r.Outcome != "ok" {
+			t.Errorf("row endpoint %q cost %v outcome %q; the clients were told %v", r.Endpoint, r.CostSats, r.Outcome, told)
+		}
+		if wantProvider := map[string]string{"messages": "claude"}[r.Endpoint]; wantProvider != "" && r.Provider != wantProvider {
+			t.Errorf("%s row served by %q, want %q", r.Endpoint, r.Provider, wantProvider)
+		}
+		if r.Endpoint == "embeddings" && r.CompletionTokens != 0 {
+			t.Errorf("embeddings row has %d output tokens", r.CompletionTokens)
+		}
+	}
+	var st statsAnswer
+	if code := adminGet(t, tc, "/arbstr/stats?group_by=endpoint", &st); code != 200 || len(st.Groups) != 3 || st.Total.Requests != 3 {
+		t.Fatalf("stats by endpoint: %d %+v", code, st)
 	}
 }
 
