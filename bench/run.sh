@@ -12,7 +12,8 @@
 #   - an arbstr site: one provider per stand-in path, and /p10/, /p100/,
 #     /p1000/ with that many providers (one cheap, all at the same upstream).
 # Measured, in alternating A/B rounds: non-streaming throughput and latency
-# (wrk), streaming time to first event and per event, latency by request
+# (wrk), streaming time to first event and per event (chat completions and
+# the Responses API), latency by request
 # body size and by number of providers, Caddy's CPU time per request, memory
 # under load and per idle stream (each variant in a fresh Caddy), and, unless
 # LEDGER=off, arbstr with the ledger on vs 'ledger off' (alternating rounds,
@@ -77,6 +78,8 @@ printf '{"model":"bench-model","messages":[{"role":"system","content":"%s"},{"ro
 	"$SYSTEM" >"$OUT/body_small.json"
 printf '{"model":"bench-model","stream":true,"messages":[{"role":"system","content":"%s"},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":64}' \
 	"$SYSTEM" >"$OUT/body_stream.json"
+printf '{"model":"bench-model","stream":true,"instructions":"%s","input":"Say hello in one short sentence.","max_output_tokens":64}' \
+	"$SYSTEM" >"$OUT/body_responses.json"
 # body_sized NAME BYTES: a chat request of exactly BYTES bytes, padded with
 # prose in the user message (what large bodies are: long prompts).
 body_sized() {
@@ -339,6 +342,22 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			die "streaming benchmark failed ($v)"
 		res="$res cpu_us=$(per "$STREAMS" $(($(cpu_ticks) - t0)))"
 		record stream $v $r "$res"
+		log "  round $r $v: $res"
+	done
+done
+
+# --- 2b. Responses API streams: the same, with named events ----------------
+log "Responses streams: $ROUNDS rounds × $STREAMS streams of 200 deltas per variant"
+responses_url() { if [ "$1" = rp ]; then echo "$RP/stream/v1/responses"; else echo "$ARB/stream/v1/responses"; fi; }
+"$TOOL" stream -url "$(responses_url arbstr)" -body "$OUT/body_responses.json" -n 3 -warmup 2 >/dev/null
+"$TOOL" stream -url "$(responses_url rp)" -body "$OUT/body_responses.json" -n 3 -warmup 2 >/dev/null
+for ((r = 1; r <= ROUNDS; r++)); do
+	for v in $(order $r); do
+		t0=$(cpu_ticks)
+		res=$("$TOOL" stream -url "$(responses_url $v)" -body "$OUT/body_responses.json" -n "$STREAMS" -warmup 0 -events 200) ||
+			die "Responses streaming benchmark failed ($v)"
+		res="$res cpu_us=$(per "$STREAMS" $(($(cpu_ticks) - t0)))"
+		record responses $v $r "$res"
 		log "  round $r $v: $res"
 	done
 done

@@ -64,6 +64,13 @@ func reportSections() []reportSection {
 			vs("whole stream, to [DONE]", "stream", "total_us", "us", "", true),
 			vs("Caddy CPU time per stream", "stream", "cpu_us", "us", "", true),
 		}},
+		{"Responses API streams, 200 deltas one at a time (baseline: reverse_proxy)", []reportRow{
+			vs("time to first event", "responses", "ttfb_us", "us", "le1", true),
+			vs("time per event after the first", "responses", "per_event_us", "us", "le1", true),
+			vs("Caddy CPU time per stream", "responses", "cpu_us", "us", "", true),
+			{label: "arbstr: a Responses event against a chat event", a: k("responses", "per_event_us", "arbstr"),
+				b: k("stream", "per_event_us", "arbstr"), unit: "us", diff: true},
+		}},
 		{"Request body size, 1 connection, latency p50 (baseline: reverse_proxy)", []reportRow{
 			vs("1 KB body", "body_1k", "p50_us", "us", "", true),
 			vs("100 KB body", "body_100k", "p50_us", "us", "", true),

@@ -17,7 +17,7 @@ import (
 
 func runStream(args []string) error {
 	fs := flag.NewFlagSet("stream", flag.ExitOnError)
-	url := fs.String("url", "", "chat completions URL")
+	url := fs.String("url", "", "chat completions or responses URL")
 	bodyFile := fs.String("body", "", "file with the streaming request body")
 	n := fs.Int("n", 50, "measured streams")
 	warmup := fs.Int("warmup", 5, "streams sent first and not measured")
@@ -89,10 +89,17 @@ func oneStream(client *http.Client, url string, body []byte) (ttfb, total time.D
 		last = append(last[:0], line...)
 	}
 	total = time.Since(start)
-	if strings.TrimSpace(string(last)) != "data: [DONE]" {
-		return 0, 0, 0, fmt.Errorf("stream did not end with [DONE] (last event %q)", last)
+	if !completeStreamEnd(last) {
+		return 0, 0, 0, fmt.Errorf("stream did not end with [DONE] or response.completed (last event %q)", last)
 	}
 	return ttfb, total, events, nil
+}
+
+// completeStreamEnd reports whether the last data line ends a complete
+// stream: chat's [DONE], or the Responses API's response.completed.
+func completeStreamEnd(last []byte) bool {
+	line := strings.TrimSpace(string(last))
+	return line == "data: [DONE]" || strings.HasPrefix(line, `data: {"type":"response.completed"`)
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
