@@ -90,13 +90,16 @@ func reportSections() []reportSection {
 			info(vs("heap after a 2nd open-and-close, minus after the 1st", "idle", "heap_growth_second_kb", "kb", "", false)),
 		}},
 	}
+	// The providers section is filled here, found by its title: an index
+	// would silently point at another section once one is added before it.
+	providers := slices.IndexFunc(sections, func(s reportSection) bool { return strings.HasPrefix(s.title, "Providers in the config") })
 	for _, metric := range []string{"p50_us", "cpu_us"} {
 		for _, n := range []string{"10", "100", "1000"} {
 			label := n + " providers"
 			if metric == "cpu_us" {
 				label += ": Caddy CPU per request"
 			}
-			sections[3].rows = append(sections[3].rows, reportRow{
+			sections[providers].rows = append(sections[providers].rows, reportRow{
 				label: label, a: k("providers_"+n, metric, "arbstr"), b: k("providers_1", metric, "arbstr"),
 				unit: "us", diff: true,
 			})
