@@ -210,14 +210,16 @@ func (p *pump) run(held []streamEvent) attemptResult {
 			return p.end(err)
 		}
 		info := p.ex.proto.judgeEvent(ev)
-		if !info.keepalive {
-			p.idleDeadline = time.Now().Add(p.idle)
-		}
 		if res, done := p.forward(ev.Name, ev.Data, info); done {
 			return res
 		}
 		if info.terminal {
 			return p.finish()
+		}
+		// After forwarding: time spent writing to a slow client is not the
+		// provider's silence.
+		if !info.keepalive {
+			p.idleDeadline = time.Now().Add(p.idle)
 		}
 	}
 }
