@@ -250,3 +250,23 @@ func TestDiscoveryGoroutinesEndWithTheirConfigIntegration(t *testing.T) {
 		t.Errorf("config without discover: %d discovery goroutines still running, want 0", n)
 	}
 }
+
+// An `api anthropic` provider's models are read with its key in x-api-key
+// and an anthropic-version, as Anthropic's GET /v1/models wants; no bearer
+// token is sent.
+func TestDiscoveryAnthropicProviderHeaders(t *testing.T) {
+	var got http.Header
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = r.Header.Clone()
+		_, _ = fmt.Fprint(w, `{"data":[{"type":"model","id":"claude-x","display_name":"Claude X"}],"has_more":false}`)
+	}))
+	t.Cleanup(up.Close)
+	p := cfgProv(t, Provider{Name: "disc-anthropic", URL: up.URL + "/v1", APIKey: "k-anthropic", API: "anthropic"})
+	models, err := fetchModels(context.Background(), newUpstreamClient(), p)
+	if err != nil || !slices.Equal(models, []string{"claude-x"}) {
+		t.Fatalf("models %v, err %v", models, err)
+	}
+	if got.Get("X-Api-Key") != "k-anthropic" || got.Get("Anthropic-Version") == "" || got.Get("Authorization") != "" {
+		t.Errorf("discovery sent x-api-key %q, anthropic-version %q, Authorization %q", got.Get("X-Api-Key"), got.Get("Anthropic-Version"), got.Get("Authorization"))
+	}
+}
