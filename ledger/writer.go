@@ -42,8 +42,9 @@ type Writer struct {
 	closed bool
 
 	// poke wakes a lingering batch early: it is full, or flushed, or the
-	// queue closed. Rows themselves do not wake the writer: a goroutine
-	// wakeup per row cost more CPU than writing the row (bench/run.sh).
+	// queue closed. Rows themselves do not wake the writer: under load a
+	// goroutine wakeup per row is scheduler work for nothing, the batch
+	// waits for the linger anyway.
 	poke chan struct{}
 	// room is how many more rows the lingering batch takes: Enqueue
 	// nudges the writer once the queue holds that many.
