@@ -372,3 +372,23 @@ func TestRollupBackfill(t *testing.T) {
 		})
 	}
 }
+
+// A retried batch that also holds new rows (stored rows in the middle of
+// multi-row chunks) writes and counts every row once.
+func TestInsertPartlyStoredBatch(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *SQLStore) {
+		ctx := context.Background()
+		rows := statsRows(300, 11, "part")
+		if err := s.Insert(ctx, rows[50:120]); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Insert(ctx, rows); err != nil {
+			t.Fatal(err)
+		}
+		checkStats(t, s, rows)
+		page, err := s.Requests(ctx, RequestsQuery{Limit: 1000})
+		if err != nil || len(page.Rows) != len(rows) {
+			t.Fatalf("got %d rows, %v; want %d", len(page.Rows), err, len(rows))
+		}
+	})
+}

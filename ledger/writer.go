@@ -41,6 +41,15 @@ type Writer struct {
 	mu     sync.RWMutex // guards closed against Enqueue's send
 	closed bool
 
+	// poke wakes a lingering batch early: it is full, or flushed, or the
+	// queue closed. Rows themselves do not wake the writer: under load a
+	// goroutine wakeup per row is scheduler work for nothing, the batch
+	// waits for the linger anyway.
+	poke chan struct{}
+	// room is how many more rows the lingering batch takes: Enqueue
+	// nudges the writer once the queue holds that many.
+	room atomic.Int64
+
 	ctx     context.Context // cancelled when Close gives up on the store
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -72,7 +81,8 @@ func NewWriter(store Store, opts WriterOptions) *Writer {
 		opts.BackoffMax = max(5*time.Second, opts.BackoffMin)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &Writer{store: store, opts: opts, queue: make(chan item, opts.Queue), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	w := &Writer{store: store, opts: opts, queue: make(chan item, opts.Queue), poke: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	w.room.Store(int64(opts.Batch))
 	go w.run()
 	return w
 }
@@ -85,6 +95,9 @@ func (w *Writer) Enqueue(r Row) bool {
 	if !w.closed {
 		select {
 		case w.queue <- item{row: r}:
+			if int64(len(w.queue)) >= w.room.Load() {
+				w.nudge()
+			}
 			return true
 		default:
 		}
@@ -117,6 +130,7 @@ func (w *Writer) Flush(ctx context.Context) error {
 	select {
 	case w.queue <- item{flushed: marker}:
 		w.mu.RUnlock()
+		w.nudge()
 	case <-ctx.Done():
 		w.mu.RUnlock()
 		return ctx.Err()
@@ -138,6 +152,7 @@ func (w *Writer) Close(ctx context.Context) error {
 		close(w.queue)
 	}
 	w.mu.Unlock()
+	w.nudge()
 	select {
 	case <-w.done:
 		return nil
@@ -163,9 +178,19 @@ func (w *Writer) run() {
 	}
 }
 
-// gather fills a batch begun with one row: with what is waiting, then with
-// what arrives within Linger, until it is full. A flush marker stops the
-// wait, and so does the closing of the queue.
+// nudge wakes a lingering batch, without waiting.
+func (w *Writer) nudge() {
+	select {
+	case w.poke <- struct{}{}:
+	default:
+	}
+}
+
+// gather fills a batch begun with one row: with what is waiting, then,
+// after Linger (or a nudge: the queue holds a full batch, a flush marker
+// came, the queue closed), with what arrived meanwhile, until it is full.
+// It sleeps through the linger instead of taking rows as they come, so
+// that rows do not wake it one by one.
 func (w *Writer) gather(batch []Row, markers []chan struct{}) ([]Row, []chan struct{}) {
 	var linger <-chan time.Time
 	if w.opts.Linger > 0 {
@@ -173,33 +198,39 @@ func (w *Writer) gather(batch []Row, markers []chan struct{}) ([]Row, []chan str
 		defer t.Stop()
 		linger = t.C
 	}
-	for len(batch) < w.opts.Batch {
-		if len(markers) > 0 {
-			linger = nil // someone waits for this batch: write what is here
-		}
-		select {
-		case it, ok := <-w.queue:
-			if !ok {
-				return batch, markers
-			}
-			batch, markers = add(batch, markers, it)
-			continue
-		default:
-		}
-		if linger == nil {
+	for {
+		var open bool
+		batch, markers, open = w.drain(batch, markers)
+		if !open || len(batch) >= w.opts.Batch || len(markers) > 0 || linger == nil {
 			return batch, markers
 		}
+		w.room.Store(int64(w.opts.Batch - len(batch)))
+		if len(w.queue) >= w.opts.Batch-len(batch) {
+			continue // filled before room was set: no nudge will come
+		}
 		select {
-		case it, ok := <-w.queue:
-			if !ok {
-				return batch, markers
-			}
-			batch, markers = add(batch, markers, it)
+		case <-w.poke:
 		case <-linger:
-			return batch, markers
+			linger = nil // take what is there, then write
 		}
 	}
-	return batch, markers
+}
+
+// drain adds what waits in the queue to the batch, up to a full batch. It
+// reports false when the queue is closed and empty.
+func (w *Writer) drain(batch []Row, markers []chan struct{}) ([]Row, []chan struct{}, bool) {
+	for len(batch) < w.opts.Batch {
+		select {
+		case it, ok := <-w.queue:
+			if !ok {
+				return batch, markers, false
+			}
+			batch, markers = add(batch, markers, it)
+		default:
+			return batch, markers, true
+		}
+	}
+	return batch, markers, true
 }
 
 func add(batch []Row, markers []chan struct{}, it item) ([]Row, []chan struct{}) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -184,6 +185,26 @@ func TestWriterLingersForABatch(t *testing.T) {
 	}
 	if got := store.ids(); len(got) != 3 {
 		t.Fatalf("store has %v, want 3 rows", got)
+	}
+	if err := w.Close(waitCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A full batch is written without waiting for the linger to end.
+func TestWriterFullBatchEndsLinger(t *testing.T) {
+	store := &fakeStore{calls: make(chan struct{}, 10)}
+	w := NewWriter(store, WriterOptions{Queue: 100, Batch: 4, Linger: time.Hour})
+	for i := range 4 {
+		w.Enqueue(Row{ID: strconv.Itoa(i)})
+	}
+	select {
+	case <-store.calls:
+	case <-waitCtx(t).Done():
+		t.Fatal("a full batch waited for the linger")
+	}
+	if got := store.ids(); len(got) != 4 {
+		t.Fatalf("store has %v, want 4 rows", got)
 	}
 	if err := w.Close(waitCtx(t)); err != nil {
 		t.Fatal(err)
