@@ -373,7 +373,7 @@ func continuationBody(ex *exchange, p *provider) ([]byte, *apiError) {
 	if apiErr != nil {
 		return nil, apiErr
 	}
-	return upstreamBody(body, facts, p.upstreamModel(ex.facts.model), ex.injectUsage), nil
+	return upstreamBody(body, facts, p.upstreamModel(ex.facts.model), ex.facts.injectUsage), nil
 }
 
 // clientPrefill finds a last message that is the assistant's with string

@@ -16,7 +16,6 @@ type exchange struct {
 	r              *http.Request
 	body           []byte
 	facts          *requestFacts
-	injectUsage    bool
 	requestID      string
 	idempotencyKey string
 	start          time.Time

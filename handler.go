@@ -109,7 +109,6 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, proto protocol) 
 		return
 	}
 	ex.facts = facts
-	ex.injectUsage = facts.injectUsage
 	ex.idempotencyKey = r.Header.Get("Idempotency-Key")
 	if ex.idempotencyKey == "" {
 		ex.idempotencyKey = ex.requestID

@@ -378,7 +378,7 @@ func (h *Handler) sendTracked(ex *exchange, p *provider, t *ticket, body []byte,
 // on, or any other value when the request is finished.
 func (h *Handler) tryProvider(ex *exchange, p *provider, t *ticket, d delivery) next {
 	defer func() { h.health.abandon(t) }()
-	body := upstreamBody(ex.body, ex.facts, p.upstreamModel(ex.facts.model), ex.injectUsage)
+	body := upstreamBody(ex.body, ex.facts, p.upstreamModel(ex.facts.model), ex.facts.injectUsage)
 	for try := 1; ; try++ {
 		res, state := h.sendTracked(ex, p, t, body, d)
 		h.metrics.observeAttempt(p, ex.facts.model, res.class, state)

@@ -239,7 +239,7 @@ func (p *pump) forward(name, data []byte, info chunkInfo) (attemptResult, bool) 
 	}
 	if info.usage.known {
 		p.ex.usage = p.ex.usage.update(info.usage)
-		if info.usageOnly && p.ex.injectUsage {
+		if info.usageOnly && p.ex.facts.injectUsage {
 			return attemptResult{}, false
 		}
 	}

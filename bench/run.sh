@@ -244,10 +244,10 @@ record() {
 		echo "$g ${kv%%=*} $v $r ${kv#*=}" >>"$RAW"
 	done
 }
-url_of() { # VARIANT PATH
+url_of() { # VARIANT PATH [API_PATH, default chat completions]
 	case $1 in
-	rp) echo "$RP/$2/$CHAT" ;;
-	*) echo "$ARB/$2/$CHAT" ;;
+	rp) echo "$RP/$2/${3:-$CHAT}" ;;
+	*) echo "$ARB/$2/${3:-$CHAT}" ;;
 	esac
 }
 # order ROUND: the two variants, swapped every other round (A B, B A, ...)
@@ -332,35 +332,29 @@ if [ "${LEDGER%% *}" != off ]; then
 fi
 
 # --- 2. streaming: first event and per event --------------------------------
-log "streaming: $ROUNDS rounds × $STREAMS streams of 200 events per variant"
-"$TOOL" stream -url "$(url_of arbstr stream)" -body "$OUT/body_stream.json" -n 3 -warmup 2 >/dev/null
-"$TOOL" stream -url "$(url_of rp stream)" -body "$OUT/body_stream.json" -n 3 -warmup 2 >/dev/null
-for ((r = 1; r <= ROUNDS; r++)); do
-	for v in $(order $r); do
-		t0=$(cpu_ticks)
-		res=$("$TOOL" stream -url "$(url_of $v stream)" -body "$OUT/body_stream.json" -n "$STREAMS" -warmup 0 -events 200) ||
-			die "streaming benchmark failed ($v)"
-		res="$res cpu_us=$(per "$STREAMS" $(($(cpu_ticks) - t0)))"
-		record stream $v $r "$res"
-		log "  round $r $v: $res"
+# stream_rounds GROUP API_PATH BODY: streams of 200 events through both
+# variants, alternating rounds.
+stream_rounds() {
+	local group=$1 api=$2 body=$3 r v t0 res
+	"$TOOL" stream -url "$(url_of arbstr stream "$api")" -body "$body" -n 3 -warmup 2 >/dev/null
+	"$TOOL" stream -url "$(url_of rp stream "$api")" -body "$body" -n 3 -warmup 2 >/dev/null
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for v in $(order $r); do
+			t0=$(cpu_ticks)
+			res=$("$TOOL" stream -url "$(url_of $v stream "$api")" -body "$body" -n "$STREAMS" -warmup 0 -events 200) ||
+				die "$group benchmark failed ($v)"
+			res="$res cpu_us=$(per "$STREAMS" $(($(cpu_ticks) - t0)))"
+			record "$group" $v $r "$res"
+			log "  round $r $v: $res"
+		done
 	done
-done
+}
+log "streaming: $ROUNDS rounds × $STREAMS streams of 200 events per variant"
+stream_rounds stream "$CHAT" "$OUT/body_stream.json"
 
 # --- 2b. Responses API streams: the same, with named events ----------------
 log "Responses streams: $ROUNDS rounds × $STREAMS streams of 200 deltas per variant"
-responses_url() { if [ "$1" = rp ]; then echo "$RP/stream/v1/responses"; else echo "$ARB/stream/v1/responses"; fi; }
-"$TOOL" stream -url "$(responses_url arbstr)" -body "$OUT/body_responses.json" -n 3 -warmup 2 >/dev/null
-"$TOOL" stream -url "$(responses_url rp)" -body "$OUT/body_responses.json" -n 3 -warmup 2 >/dev/null
-for ((r = 1; r <= ROUNDS; r++)); do
-	for v in $(order $r); do
-		t0=$(cpu_ticks)
-		res=$("$TOOL" stream -url "$(responses_url $v)" -body "$OUT/body_responses.json" -n "$STREAMS" -warmup 0 -events 200) ||
-			die "Responses streaming benchmark failed ($v)"
-		res="$res cpu_us=$(per "$STREAMS" $(($(cpu_ticks) - t0)))"
-		record responses $v $r "$res"
-		log "  round $r $v: $res"
-	done
-done
+stream_rounds responses v1/responses "$OUT/body_responses.json"
 
 # --- 3. cost growth: body size, number of providers -------------------------
 log "body size: 1 KB, 100 KB, 2 MB; $ROUNDS rounds × ${LAT_SECS}s, 1 connection"
