@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -195,32 +196,46 @@ func rollupArgs(k rollupKey, s *rollup) []any {
 // (81 parameters each; PostgreSQL takes at most 65535).
 const rollupBatch = 256
 
-// upsertRollups adds the rows a batch inserted to their hours' rollups:
-// one upsert per (hour, key), however many rows share it.
-func (s *SQLStore) upsertRollups(ctx context.Context, tx *sql.Tx, rows []Row) error {
-	keys, sums := rollupsOf(rows)
-	placeholders := "(?" + strings.Repeat(",?", rollupColumnCount-1) + ")"
-	if s.driver == DriverSQLite {
-		stmt, err := s.txStmt(ctx, tx, "INSERT INTO requests_hourly ("+rollupColumns+") VALUES "+placeholders+rollupConflict)
-		if err != nil {
-			return err
+// rollupUpsert is the upsert of n rollup rows, its parameters written ?
+// or, for PostgreSQL, $1, $2, … (it is long: not rebound on every batch).
+func rollupUpsert(n int, numbered bool) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO requests_hourly (" + rollupColumns + ") VALUES ")
+	p := 0
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
 		}
-		for _, k := range keys {
-			if _, err := stmt.ExecContext(ctx, rollupArgs(k, sums[k])...); err != nil {
-				return err
+		b.WriteByte('(')
+		for j := range rollupColumnCount {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			p++
+			if numbered {
+				b.WriteByte('$')
+				b.WriteString(strconv.Itoa(p))
+			} else {
+				b.WriteByte('?')
 			}
 		}
-		return nil
+		b.WriteByte(')')
 	}
-	for start := 0; start < len(keys); start += rollupBatch {
-		part := keys[start:min(start+rollupBatch, len(keys))]
-		args := make([]any, 0, len(part)*rollupColumnCount)
-		for _, k := range part {
-			args = append(args, rollupArgs(k, sums[k])...)
-		}
-		query := "INSERT INTO requests_hourly (" + rollupColumns + ") VALUES " +
-			strings.TrimSuffix(strings.Repeat(placeholders+",", len(part)), ",") + rollupConflict
-		if _, err := tx.ExecContext(ctx, s.Rebind(query), args...); err != nil {
+	b.WriteString(rollupConflict)
+	return b.String()
+}
+
+// upsertRollupsSQLite adds the rows a batch inserted to their hours'
+// rollups: one upsert per (hour, key), however many rows share it, with
+// one prepared statement (SQLite parses in this process's CPU).
+func (s *SQLStore) upsertRollupsSQLite(ctx context.Context, tx *sql.Tx, rows []Row) error {
+	keys, sums := rollupsOf(rows)
+	stmt, err := s.txStmt(ctx, tx, rollupUpsert(1, false))
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if _, err := stmt.ExecContext(ctx, rollupArgs(k, sums[k])...); err != nil {
 			return err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // rowColumns are the columns Insert writes and Requests reads, in order.
@@ -22,9 +23,9 @@ const rowColumnCount = 24
 // insertBatch is the most rows the writer inserts in one transaction.
 const insertBatch = 256
 
-// Insert writes rows in batches within one transaction; rows already
-// stored (the same time and id) are skipped. The rows it did write are added to their hours' rollups in
-// the same transaction.
+// Insert writes rows in one transaction, with the rows' hours' rollups;
+// rows already stored (the same time and id) are skipped and not counted
+// again.
 func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
 		return nil
@@ -32,119 +33,69 @@ func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 	if err := s.ensureMigrated(ctx); err != nil {
 		return err
 	}
+	rows = validText(rows)
+	if s.driver == DriverPostgres {
+		return s.insertPostgres(ctx, rows)
+	}
+	return s.insertSQLite(ctx, rows)
+}
+
+// validText returns rows whose strings are valid UTF-8 without NUL bytes,
+// which PostgreSQL refuses in text: a client id taken from a header may
+// hold either, and one such row must not keep its batch out for good.
+// Such bytes become U+FFFD, in both stores alike. rows itself comes back
+// when every string is clean, as it nearly always is.
+func validText(rows []Row) []Row {
+	var out []Row
+	for i := range rows {
+		r := rows[i]
+		changed := false
+		for _, p := range []*string{&r.ID, &r.Instance, &r.Client, &r.Policy, &r.Model, &r.Provider, &r.UpstreamModel,
+			&r.Outcome, &r.Retries, &r.ErrorCode, &r.Tier, &r.Endpoint} {
+			if utf8.ValidString(*p) && strings.IndexByte(*p, 0) < 0 {
+				continue
+			}
+			*p = strings.ReplaceAll(strings.ToValidUTF8(*p, "\uFFFD"), "\x00", "\uFFFD")
+			changed = true
+		}
+		if changed {
+			if out == nil {
+				out = slices.Clone(rows)
+			}
+			out[i] = r
+		}
+	}
+	if out == nil {
+		return rows
+	}
+	return out
+}
+
+// insertSQLite writes rows in chunks; when a chunk meets a row stored
+// already (a retried batch) it starts over row by row, which tells which
+// ones went in.
+func (s *SQLStore) insertSQLite(ctx context.Context, rows []Row) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	var inserted []Row
-	if s.Driver() == DriverSQLite {
-		inserted, err = s.insertChunks(ctx, tx, rows)
-		if errors.Is(err, errChunkSkipped) {
-			// Some rows were stored already (a retried batch): start over
-			// row by row, which tells which ones went in.
-			tx.Rollback()
-			if tx, err = s.db.BeginTx(ctx, nil); err != nil {
-				return err
-			}
-			defer tx.Rollback()
-			inserted, err = s.insertEach(ctx, tx, rows)
+	inserted, err := s.insertChunks(ctx, tx, rows)
+	if errors.Is(err, errChunkSkipped) {
+		tx.Rollback()
+		if tx, err = s.db.BeginTx(ctx, nil); err != nil {
+			return err
 		}
-	} else {
-		// The ledger's rows are already only in memory until they are
-		// written: not waiting for the WAL flush at commit risks the same
-		// few milliseconds of rows on a database crash, and saves the
-		// server a flush per batch (docs/ledger.md).
-		if _, err = tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err == nil {
-			inserted, err = s.insertMany(ctx, tx, rows)
-		}
+		defer tx.Rollback()
+		inserted, err = s.insertEach(ctx, tx, rows)
 	}
 	if err != nil {
 		return err
 	}
-	if err := s.upsertRollups(ctx, tx, inserted); err != nil {
+	if err := s.upsertRollupsSQLite(ctx, tx, inserted); err != nil {
 		return err
 	}
 	return tx.Commit()
-}
-
-// insertMany writes rows with one statement of one array per column, the
-// same text whatever the batch size (so the driver prepares it once per
-// connection), and returns those it wrote: a row stored already (a retried
-// batch) must not be counted in the rollups twice.
-func (s *SQLStore) insertMany(ctx context.Context, tx *sql.Tx, rows []Row) ([]Row, error) {
-	ids, err := insertedIDs(ctx, tx, insertArrays, columnArrays(rows)...)
-	if err != nil {
-		return nil, err
-	}
-	inserted := make([]Row, 0, len(rows))
-	// The first row of an id is the one written; a later one in the same
-	// batch was skipped.
-	for _, r := range rows {
-		if ids[r.ID] {
-			inserted = append(inserted, r)
-			delete(ids, r.ID)
-		}
-	}
-	return inserted, nil
-}
-
-// insertArrays is PostgreSQL's insert of a batch given as column arrays,
-// in the order of rowColumns.
-const insertArrays = "INSERT INTO requests (" + rowColumns + ") SELECT * FROM unnest(" +
-	"$1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], " +
-	"$9::boolean[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[], $15::bigint[], " +
-	"$16::float8[], $17::float8[], $18::bigint[], $19::bigint[], $20::text[], $21::bigint[], $22::float8[], " +
-	"$23::text[], $24::text[]) ON CONFLICT (time, id) DO NOTHING RETURNING id"
-
-// columnArrays turns rows into the arrays of insertArrays.
-func columnArrays(rows []Row) []any {
-	n := len(rows)
-	texts := make([][]string, 12)
-	for i := range texts {
-		texts[i] = make([]string, n)
-	}
-	ints := make([][]int64, 7)
-	for i := range ints {
-		ints[i] = make([]int64, n)
-	}
-	stream := make([]bool, n)
-	cost, dearest := make([]float64, n), make([]float64, n)
-	firstEvent, complexity := make([]*int64, n), make([]*float64, n)
-	for i, r := range rows {
-		for j, v := range []string{r.ID, r.Instance, r.Client, r.Policy, r.Model, r.Provider, r.UpstreamModel,
-			r.Outcome, r.Retries, r.ErrorCode, r.Tier, endpointOf(r)} {
-			texts[j][i] = v
-		}
-		for j, v := range []int64{r.Time.UnixMicro(), int64(r.Status), int64(r.Attempts), r.PromptTokens,
-			r.CompletionTokens, r.LatencyMS, int64(r.Continuations)} {
-			ints[j][i] = v
-		}
-		stream[i], cost[i], dearest[i] = r.Stream, r.CostSats, r.DearestCostSats
-		firstEvent[i], complexity[i] = r.FirstEventMS, r.Complexity
-	}
-	return []any{texts[0], ints[0], texts[1], texts[2], texts[3], texts[4], texts[5], texts[6],
-		stream, ints[1], texts[7], ints[2], texts[8], ints[3], ints[4],
-		cost, dearest, ints[5], firstEvent, texts[9], ints[6], complexity,
-		texts[10], texts[11]}
-}
-
-// insertedIDs runs an insert that returns the ids it wrote, as a set.
-func insertedIDs(ctx context.Context, tx *sql.Tx, query string, args ...any) (map[string]bool, error) {
-	rows, err := tx.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var v string
-		if err := rows.Scan(&v); err != nil {
-			return nil, err
-		}
-		out[v] = true
-	}
-	return out, rows.Err()
 }
 
 // insertRow inserts one row, skipping one already stored.

@@ -97,6 +97,37 @@ func TestStoreRoundTrip(t *testing.T) {
 	})
 }
 
+// Any text a row may carry comes back as it went in: the characters that
+// delimit COPY's columns and rows, escapes, exact floats, NULLs. Bytes
+// PostgreSQL refuses in text (a NUL, invalid UTF-8, e.g. from a client id
+// taken from a header) become U+FFFD instead of keeping the batch out.
+func TestStoreKeepsAnyText(t *testing.T) {
+	eachStore(t, func(t *testing.T, s *SQLStore) {
+		ctx := context.Background()
+		rows := []Row{
+			{ID: "tabs", Time: t0, Client: "tab\there", Model: "new\nline\r", Provider: `back\slash\N`, Retries: "1/ü€",
+				ErrorCode: "\\.", Tier: "", CostSats: 0.1 + 0.2, DearestCostSats: 1e-300, Complexity: ptr(1.0 / 3), FirstEventMS: ptr[int64](0)},
+			{ID: "bad", Time: t0.Add(time.Second), Client: "bad\xff\x00id", Model: "m"},
+		}
+		if err := s.Insert(ctx, rows); err != nil {
+			t.Fatalf("insert: %v", err)
+		}
+		page, err := s.Requests(ctx, RequestsQuery{})
+		if err != nil || len(page.Rows) != 2 {
+			t.Fatalf("got %d rows, %v; want 2", len(page.Rows), err)
+		}
+		got, want := page.Rows[1], rows[0]
+		if got.Client != want.Client || got.Model != want.Model || got.Provider != want.Provider || got.Retries != want.Retries ||
+			got.ErrorCode != want.ErrorCode || got.CostSats != want.CostSats || got.DearestCostSats != want.DearestCostSats ||
+			*got.Complexity != *want.Complexity || *got.FirstEventMS != 0 {
+			t.Fatalf("row came back as\n%+v\nwant\n%+v", got, want)
+		}
+		if c := page.Rows[0].Client; c != "bad\uFFFD\uFFFDid" {
+			t.Fatalf("client %q, want the bad bytes as U+FFFD", c)
+		}
+	})
+}
+
 func TestStoreStats(t *testing.T) {
 	eachStore(t, func(t *testing.T, s *SQLStore) {
 		ctx := context.Background()
