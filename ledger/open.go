@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
@@ -17,7 +18,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
-	_ "modernc.org/sqlite"             // database/sql driver "sqlite", pure Go
+	"modernc.org/sqlite"               // database/sql driver "sqlite", pure Go
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Drivers Open knows.
@@ -57,7 +59,11 @@ func Open(ctx context.Context, driver, dsn string) (*SQLStore, error) {
 	var err error
 	switch driver {
 	case DriverSQLite:
-		db, err = openSQLite(dsn)
+		if db, err = openSQLite(dsn); err == nil {
+			if err = useWAL(ctx, db); err != nil {
+				db.Close()
+			}
+		}
 	case DriverPostgres:
 		db, err = sql.Open("pgx", dsn)
 		if err == nil {
@@ -78,9 +84,9 @@ func Open(ctx context.Context, driver, dsn string) (*SQLStore, error) {
 	return s, nil
 }
 
-// openSQLite opens a SQLite file in WAL mode, where readers never wait for
-// the writer; busy_timeout makes a second process wait for the write lock
-// instead of failing, and immediate transactions take it up front.
+// openSQLite opens a SQLite file; busy_timeout makes a second process wait
+// for the write lock instead of failing, and immediate transactions take
+// it up front. useWAL then puts the file in WAL mode.
 func openSQLite(file string) (*sql.DB, error) {
 	if file == "" {
 		return nil, fmt.Errorf("no database file given")
@@ -88,8 +94,32 @@ func openSQLite(file string) (*sql.DB, error) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
 		return nil, err
 	}
-	dsn := "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	dsn := "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	return sql.Open("sqlite", dsn)
+}
+
+// useWAL puts the database file in WAL mode, where readers never wait for
+// the writer; the mode is kept in the file, for every connection. Switching
+// a new file reads and then writes its header, and SQLite answers "database
+// is locked" at once, without waiting, to a second process doing the same
+// at that moment (two readers that both want to write): so it is tried
+// again for up to the busy timeout.
+func useWAL(ctx context.Context, db *sql.DB) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		_, err := db.ExecContext(ctx, "PRAGMA journal_mode = WAL")
+		var sqliteErr *sqlite.Error
+		if err == nil || !errors.As(err, &sqliteErr) || sqliteErr.Code()&0xff != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
 }
 
 // DB is the database handle, for features that keep their own tables.

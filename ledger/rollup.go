@@ -12,11 +12,12 @@ import (
 	"strings"
 )
 
-// Hourly rollups (table requests_hourly) let stats over millions of rows
-// answer in milliseconds: Insert adds every new row to its hour's rollup
-// in the same transaction, so rollups and rows always agree, and Stats
-// reads rollups for the whole hours of a range and rows only for the
-// partial hours at its edges.
+// Hourly and daily rollups (tables requests_hourly, requests_daily) let
+// stats over millions of rows answer in milliseconds: Insert adds every new
+// row to its hour's and its day's rollup in the same transaction, so
+// rollups and rows always agree, and Stats reads daily rollups for the
+// whole days of a range, hourly ones for the other whole hours and rows
+// only for the partial hours at its edges.
 //
 // A rollup row is keyed by its hour and every column a Filter or a group
 // may name, so that any filter and grouping can be answered from rollups.
@@ -25,8 +26,26 @@ import (
 // hour (the column time, the hour's start in microseconds, as in requests).
 var rollupKeyColumns = []string{"provider", "model", "policy", "client", "endpoint", "outcome", "instance"}
 
-// hourMicros is one hour in the unit of the time columns.
-const hourMicros = 3600_000_000
+// hourMicros and dayMicros are an hour and a day in the unit of the time
+// columns.
+const (
+	hourMicros = 3600_000_000
+	dayMicros  = 24 * hourMicros
+)
+
+// rollupTable is a table of rollups and the period each of its rows sums.
+type rollupTable struct {
+	name   string
+	period int64
+}
+
+// The rollup tables, finest first. Their names are the only table names
+// rollup queries are built with.
+var (
+	hourlyRollups = rollupTable{"requests_hourly", hourMicros}
+	dailyRollups  = rollupTable{"requests_daily", dayMicros}
+	rollupTables  = []rollupTable{hourlyRollups, dailyRollups}
+)
 
 // latencyEdges are the upper bounds (exclusive, in ms) of the latency
 // histogram's buckets: bucket 0 holds 0 ms, bucket i holds
@@ -107,9 +126,9 @@ func latencyBucketSQL() string {
 	return b.String()
 }
 
-// rollupKey is the key of one rollup row.
+// rollupKey is the key of one rollup row; start is its period's start.
 type rollupKey struct {
-	hour                                                         int64
+	start                                                        int64
 	provider, model, policy, client, endpoint, outcome, instance string
 }
 
@@ -120,15 +139,15 @@ type rollup struct {
 	hist                                     histogram
 }
 
-// rollupsOf sums rows by hour and key, the keys sorted so that concurrent
-// writers (several Caddy instances on one PostgreSQL) lock rollup rows in
-// the same order and never deadlock.
-func rollupsOf(rows []Row) ([]rollupKey, map[rollupKey]*rollup) {
+// rollupsOf sums rows by period and key, the keys sorted so that
+// concurrent writers (several Caddy instances on one PostgreSQL) lock
+// rollup rows in the same order and never deadlock.
+func rollupsOf(rows []Row, period int64) ([]rollupKey, map[rollupKey]*rollup) {
 	sums := map[rollupKey]*rollup{}
 	var keys []rollupKey
 	for _, r := range rows {
 		us := r.Time.UnixMicro()
-		k := rollupKey{hour: us - mod(us, hourMicros), provider: r.Provider, model: r.Model, policy: r.Policy,
+		k := rollupKey{start: us - mod(us, period), provider: r.Provider, model: r.Model, policy: r.Policy,
 			client: r.Client, endpoint: endpointOf(r), outcome: r.Outcome, instance: r.Instance}
 		s := sums[k]
 		if s == nil {
@@ -144,7 +163,7 @@ func rollupsOf(rows []Row) ([]rollupKey, map[rollupKey]*rollup) {
 		s.hist[latencyBucket(r.LatencyMS)]++
 	}
 	slices.SortFunc(keys, func(a, b rollupKey) int {
-		return cmp.Or(cmp.Compare(a.hour, b.hour), cmp.Compare(a.provider, b.provider), cmp.Compare(a.model, b.model),
+		return cmp.Or(cmp.Compare(a.start, b.start), cmp.Compare(a.provider, b.provider), cmp.Compare(a.model, b.model),
 			cmp.Compare(a.policy, b.policy), cmp.Compare(a.client, b.client), cmp.Compare(a.endpoint, b.endpoint),
 			cmp.Compare(a.outcome, b.outcome), cmp.Compare(a.instance, b.instance))
 	})
@@ -167,24 +186,27 @@ var rollupColumns = "time, " + strings.Join(rollupKeyColumns, ", ") +
 
 const rollupColumnCount = 1 + 7 + 5 + latencyBuckets
 
-// rollupConflict adds a rollup's sums to the row its key already has. The
-// whole statement is one atomic INSERT … ON CONFLICT in both databases, so
-// instances writing one hour at once all count.
-var rollupConflict = func() string {
+// rollupSums are the columns of a rollup that are sums.
+var rollupSums = append([]string{"requests", "prompt_tokens", "completion_tokens", "cost_sats", "dearest_cost_sats"}, histColumns()...)
+
+// rollupConflict adds a rollup's sums to the row its key already has in
+// table. The whole statement is one atomic INSERT … ON CONFLICT in both
+// databases, so instances writing one hour at once all count.
+func rollupConflict(table string) string {
 	var b strings.Builder
 	b.WriteString(" ON CONFLICT (time, " + strings.Join(rollupKeyColumns, ", ") + ") DO UPDATE SET ")
-	for i, c := range append([]string{"requests", "prompt_tokens", "completion_tokens", "cost_sats", "dearest_cost_sats"}, histColumns()...) {
+	for i, c := range rollupSums {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		fmt.Fprintf(&b, "%s = requests_hourly.%s + excluded.%s", c, c, c)
+		fmt.Fprintf(&b, "%s = %s.%s + excluded.%s", c, table, c, c)
 	}
 	return b.String()
-}()
+}
 
 func rollupArgs(k rollupKey, s *rollup) []any {
 	args := make([]any, 0, rollupColumnCount)
-	args = append(args, k.hour, k.provider, k.model, k.policy, k.client, k.endpoint, k.outcome, k.instance,
+	args = append(args, k.start, k.provider, k.model, k.policy, k.client, k.endpoint, k.outcome, k.instance,
 		s.requests, s.promptTokens, s.completionTokens, s.cost, s.dearest)
 	for _, c := range s.hist {
 		args = append(args, c)
@@ -196,11 +218,12 @@ func rollupArgs(k rollupKey, s *rollup) []any {
 // (81 parameters each; PostgreSQL takes at most 65535).
 const rollupBatch = 256
 
-// rollupUpsert is the upsert of n rollup rows, its parameters written ?
-// or, for PostgreSQL, $1, $2, … (it is long: not rebound on every batch).
-func rollupUpsert(n int, numbered bool) string {
+// rollupUpsert is the upsert of n rollup rows into table, its parameters
+// written ? or, for PostgreSQL, $1, $2, … (it is long: not rebound on
+// every batch).
+func rollupUpsert(table string, n int, numbered bool) string {
 	var b strings.Builder
-	b.WriteString("INSERT INTO requests_hourly (" + rollupColumns + ") VALUES ")
+	b.WriteString("INSERT INTO " + table + " (" + rollupColumns + ") VALUES ")
 	p := 0
 	for i := range n {
 		if i > 0 {
@@ -221,23 +244,42 @@ func rollupUpsert(n int, numbered bool) string {
 		}
 		b.WriteByte(')')
 	}
-	b.WriteString(rollupConflict)
+	b.WriteString(rollupConflict(table))
 	return b.String()
 }
 
-// upsertRollupsSQLite adds the rows a batch inserted to their hours'
-// rollups: one upsert per (hour, key), however many rows share it, with
-// one prepared statement (SQLite parses in this process's CPU).
+// upsertRollupsSQLite adds the rows a batch inserted to their hours' and
+// days' rollups: one upsert per period and key, however many rows share
+// it, with one prepared statement per table (SQLite parses in this
+// process's CPU).
 func (s *SQLStore) upsertRollupsSQLite(ctx context.Context, tx *sql.Tx, rows []Row) error {
-	keys, sums := rollupsOf(rows)
-	stmt, err := s.txStmt(ctx, tx, rollupUpsert(1, false))
-	if err != nil {
-		return err
-	}
-	for _, k := range keys {
-		if _, err := stmt.ExecContext(ctx, rollupArgs(k, sums[k])...); err != nil {
+	for _, table := range rollupTables {
+		keys, sums := rollupsOf(rows, table.period)
+		stmt, err := s.txStmt(ctx, tx, rollupUpsert(table.name, 1, false))
+		if err != nil {
 			return err
+		}
+		for _, k := range keys {
+			if _, err := stmt.ExecContext(ctx, rollupArgs(k, sums[k])...); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
+
+// rebuildDaySQL recomputes the daily rollups of the day that starts at
+// the first parameter from the hourly rollups of [second, third): after
+// retention has cut into a day, its daily rollups sum the hours it kept.
+var rebuildDaySQL = func() string {
+	keys := strings.Join(rollupKeyColumns, ", ")
+	sums := make([]string, len(rollupSums))
+	set := make([]string, len(rollupSums))
+	for i, c := range rollupSums {
+		sums[i] = "SUM(" + c + ")"
+		set[i] = c + " = excluded." + c
+	}
+	return "INSERT INTO " + dailyRollups.name + " (" + rollupColumns + ") SELECT CAST(? AS BIGINT), " + keys + ", " +
+		strings.Join(sums, ", ") + " FROM " + hourlyRollups.name + " WHERE time >= ? AND time < ? GROUP BY " + keys +
+		" ON CONFLICT (time, " + keys + ") DO UPDATE SET " + strings.Join(set, ", ")
+}()

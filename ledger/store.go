@@ -296,23 +296,62 @@ func (s *SQLStore) Stats(ctx context.Context, q StatsQuery) (Stats, error) {
 		return out, err
 	}
 	acc := statsAcc{keys: q.GroupBy, groups: map[string]*groupAcc{}}
-	whole, edges := splitHours(q.Since, q.Until)
-	if whole != nil {
+	// Daily rollups cannot tell the hours of a day apart.
+	days := !slices.Contains(q.GroupBy, "hour")
+	for _, sp := range splitRange(q.Since, q.Until, days) {
 		f := q.Filter
-		f.Since, f.Until = whole[0], whole[1]
-		if err := s.sumRollups(ctx, &acc, exprs, f); err != nil {
-			return out, err
+		f.Since, f.Until = sp.from, sp.to
+		var err error
+		if sp.rollups == nil {
+			err = s.sumRows(ctx, &acc, exprs, f)
+		} else {
+			err = s.sumRollups(ctx, &acc, exprs, f, *sp.rollups)
 		}
-	}
-	for _, e := range edges {
-		f := q.Filter
-		f.Since, f.Until = e[0], e[1]
-		if err := s.sumRows(ctx, &acc, exprs, f); err != nil {
+		if err != nil {
 			return out, err
 		}
 	}
 	out.Total, out.Groups = acc.result()
 	return out, nil
+}
+
+// span is a part of a stats range, [from, to) (zero: open), and the
+// rollups that answer it: nil for the rows themselves.
+type span struct {
+	from, to time.Time
+	rollups  *rollupTable
+}
+
+// splitRange splits [since, until) into the whole days inside it (when
+// days is true), answered from daily rollups; the other whole hours, from
+// hourly rollups; and the partial hours at its edges, from rows.
+func splitRange(since, until time.Time, days bool) []span {
+	whole, edges := splitHours(since, until)
+	var out []span
+	for _, e := range edges {
+		out = append(out, span{from: e[0], to: e[1]})
+	}
+	if whole == nil {
+		return out
+	}
+	from, to := whole[0], whole[1]
+	dayFrom, dayTo := from, to
+	if !from.IsZero() && !from.Truncate(24*time.Hour).Equal(from) {
+		dayFrom = from.Truncate(24 * time.Hour).Add(24 * time.Hour)
+	}
+	if !to.IsZero() {
+		dayTo = to.Truncate(24 * time.Hour)
+	}
+	if !days || (!dayFrom.IsZero() && !dayTo.IsZero() && !dayFrom.Before(dayTo)) {
+		return append(out, span{from: from, to: to, rollups: &hourlyRollups})
+	}
+	if !dayFrom.Equal(from) {
+		out = append(out, span{from: from, to: dayFrom, rollups: &hourlyRollups})
+	}
+	if !dayTo.Equal(to) {
+		out = append(out, span{from: dayTo, to: to, rollups: &hourlyRollups})
+	}
+	return append(out, span{from: dayFrom, to: dayTo, rollups: &dailyRollups})
 }
 
 // splitHours splits [since, until) (zero: open) into the whole hours
@@ -443,8 +482,8 @@ func groupSQL(exprs []string, extra int) (sel, groupBy string) {
 	return b.String(), " GROUP BY " + strings.Join(ords, ", ")
 }
 
-// sumRollups adds the rollups of the whole hours f selects.
-func (s *SQLStore) sumRollups(ctx context.Context, acc *statsAcc, exprs []string, f Filter) error {
+// sumRollups adds the rollups in table of the whole periods f selects.
+func (s *SQLStore) sumRollups(ctx context.Context, acc *statsAcc, exprs []string, f Filter, table rollupTable) error {
 	where, args, err := f.where()
 	if err != nil {
 		return err
@@ -454,7 +493,7 @@ func (s *SQLStore) sumRollups(ctx context.Context, acc *statsAcc, exprs []string
 	for _, c := range histColumns() {
 		fmt.Fprintf(&hist, ", CAST(COALESCE(SUM(%s), 0) AS BIGINT)", c)
 	}
-	query := "SELECT " + sel + sumsSQL("SUM(requests)", "requests") + hist.String() + " FROM requests_hourly" + where + groupBy
+	query := "SELECT " + sel + sumsSQL("SUM(requests)", "requests") + hist.String() + " FROM " + table.name + where + groupBy
 	return s.scanSums(ctx, acc, len(exprs), query, args, nil, latencyBuckets, func(part *groupAcc, counts []int64) {
 		copy(part.hist[:], counts)
 	})
@@ -602,6 +641,8 @@ func decodeCursor(c string) (int64, string, error) {
 // DeleteBefore deletes the rows, and their rollups, of the hours that
 // ended by t: retention works in whole hours, so that the rollups always
 // sum exactly the rows that are kept (a row stays up to an hour longer).
+// The daily rollups of the day the cut falls in are summed again from the
+// hours it keeps.
 func (s *SQLStore) DeleteBefore(ctx context.Context, t time.Time) (int64, error) {
 	if err := s.ensureMigrated(ctx); err != nil {
 		return 0, err
@@ -620,8 +661,15 @@ func (s *SQLStore) DeleteBefore(ctx context.Context, t time.Time) (int64, error)
 	if err != nil {
 		return 0, err
 	}
-	if _, err := tx.ExecContext(ctx, s.Rebind("DELETE FROM requests_hourly WHERE time < ?"), cut); err != nil {
-		return 0, err
+	for _, table := range rollupTables {
+		if _, err := tx.ExecContext(ctx, s.Rebind("DELETE FROM "+table.name+" WHERE time < ?"), cut); err != nil {
+			return 0, err
+		}
+	}
+	if day := cut - mod(cut, dayMicros); day != cut {
+		if _, err := tx.ExecContext(ctx, s.Rebind(rebuildDaySQL), day, cut, day+dayMicros); err != nil {
+			return 0, err
+		}
 	}
 	return n, tx.Commit()
 }

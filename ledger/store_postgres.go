@@ -228,18 +228,20 @@ func columnArrays(rows []Row) []any {
 		texts[10], texts[11]}
 }
 
-// upsertRollupsPostgres adds rows to their hours' rollups: one upsert per
-// (hour, key), in statements of up to rollupBatch keys.
+// upsertRollupsPostgres adds rows to their hours' and days' rollups: one
+// upsert per period and key, in statements of up to rollupBatch keys.
 func upsertRollupsPostgres(ctx context.Context, tx pgx.Tx, rows []Row) error {
-	keys, sums := rollupsOf(rows)
-	for start := 0; start < len(keys); start += rollupBatch {
-		part := keys[start:min(start+rollupBatch, len(keys))]
-		args := make([]any, 0, len(part)*rollupColumnCount)
-		for _, k := range part {
-			args = append(args, rollupArgs(k, sums[k])...)
-		}
-		if _, err := tx.Exec(ctx, rollupUpsert(len(part), true), args...); err != nil {
-			return err
+	for _, table := range rollupTables {
+		keys, sums := rollupsOf(rows, table.period)
+		for start := 0; start < len(keys); start += rollupBatch {
+			part := keys[start:min(start+rollupBatch, len(keys))]
+			args := make([]any, 0, len(part)*rollupColumnCount)
+			for _, k := range part {
+				args = append(args, rollupArgs(k, sums[k])...)
+			}
+			if _, err := tx.Exec(ctx, rollupUpsert(table.name, len(part), true), args...); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
