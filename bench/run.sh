@@ -275,6 +275,11 @@ wrk_run() {
 	echo "${out#WRK } cpu_us=$(per "$reqs" $(($(cpu_ticks) - t0)))"
 }
 
+# db_ticks: CPU ticks of the machine's PostgreSQL processes (server and
+# backends), for LEDGER=postgres.
+db_ticks() {
+	cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" { t += $14 + $15 } END { print t + 0 }'
+}
 hwm_reset() { echo 5 >"/proc/$CADDY_PID/clear_refs"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$CADDY_PID/status"; }
 
@@ -323,7 +328,14 @@ if [ "${LEDGER%% *}" != off ]; then
 		for v in $variants; do
 			if [ "$v" = on ]; then use_config "$CADDYFILE"; else use_config "$CADDYFILE_OFF"; fi
 			wrk_run $CONNS $THREADS 1 "$(url_of arbstr plain)" "$OUT/body_small.json" >/dev/null
+			t0=$(db_ticks)
 			res=$(wrk_run $CONNS $THREADS "$NS_SECS" "$(url_of arbstr plain)" "$OUT/body_small.json")
+			if [ -n "$PG_DB" ]; then
+				# The database server shares the machine: its CPU is the
+				# ledger's cost as much as Caddy's own.
+				db_us=$(per "$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$res")" $(($(db_ticks) - t0)))
+				res="$res db_cpu_us=$db_us all_cpu_us=$(awk -v a="${res##*cpu_us=}" -v b="$db_us" 'BEGIN { printf "%.1f", a + b }')"
+			fi
 			record ledger $v $r "$res"
 			log "  round $r ledger $v: $res"
 		done

@@ -57,6 +57,8 @@ func reportSections() []reportSection {
 			onOff("throughput", "rps", "req/s", "ge095", false),
 			onOff("latency p50", "p50_us", "us", "", true),
 			onOff("Caddy CPU time per request", "cpu_us", "us", "", true),
+			info(onOff("PostgreSQL's CPU time per request (LEDGER=postgres: the server on the same machine)", "db_cpu_us", "us", "", true)),
+			onOff("Caddy's and PostgreSQL's CPU time per request", "all_cpu_us", "us", "", true),
 		}},
 		{"Streaming, 200-event streams one at a time (baseline: reverse_proxy)", []reportRow{
 			vs("time to first event", "stream", "ttfb_us", "us", "le1", true),
