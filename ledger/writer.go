@@ -14,7 +14,7 @@ type WriterOptions struct {
 	// Queue is how many rows may wait to be written (default 10000). When
 	// it is full, new rows are dropped and counted.
 	Queue int
-	// Batch is the most rows written in one insert (default 256).
+	// Batch is the most rows written in one insert (default 1024).
 	Batch int
 	// Linger is how long a batch waits for more rows after its first
 	// (default 100ms; negative: not at all). One commit per request would
