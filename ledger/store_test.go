@@ -346,3 +346,21 @@ func containsAll(s string, parts ...string) bool {
 	}
 	return true
 }
+
+// The ledger's PostgreSQL connections run without JIT compilation unless
+// the URL asks for it.
+func TestPostgresJITOffUnlessAsked(t *testing.T) {
+	dsn := pgtest.Database(t) // a URL with a query string
+	for _, c := range []struct{ dsn, want string }{{dsn, "off"}, {dsn + "&jit=on", "on"}} {
+		s, err := Open(context.Background(), DriverPostgres, c.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		err = s.DB().QueryRow("SHOW jit").Scan(&got)
+		s.Close()
+		if err != nil || got != c.want {
+			t.Errorf("jit with %q: %q, %v; want %q", strings.TrimPrefix(c.dsn, dsn), got, err, c.want)
+		}
+	}
+}
