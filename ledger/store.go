@@ -29,9 +29,9 @@ const rowColumnCount = 24
 // ARBSTR_BENCH_BATCH=256.
 const insertBatch = 1024
 
-// Insert writes rows in one transaction, with the rows' hours' rollups;
-// rows already stored (the same time and id) are skipped and not counted
-// again.
+// Insert writes rows in one transaction, with their hourly and daily
+// rollups; rows already stored (the same time and id) are skipped and not
+// counted again.
 func (s *SQLStore) Insert(ctx context.Context, rows []Row) error {
 	if len(rows) == 0 {
 		return nil

@@ -44,7 +44,7 @@ func (s *SQLStore) insertPostgres(ctx context.Context, rows []Row) error {
 			return fmt.Errorf("ledger: postgres connection is a %T, not pgx's", driverConn)
 		}
 		err := pgx.BeginTxFunc(ctx, pc.Conn(), asyncCommit, func(tx pgx.Tx) error {
-			data := bytes.NewReader(appendCopyText(nil, rows))
+			data := bytes.NewReader(copyText(rows))
 			if _, err := tx.Conn().PgConn().CopyFrom(ctx, data, copyRows); err != nil {
 				return err
 			}
@@ -63,12 +63,10 @@ func (s *SQLStore) insertPostgres(ctx context.Context, rows []Row) error {
 	})
 }
 
-// appendCopyText appends rows to buf in COPY's text format: one line per
-// row, columns in the order of rowColumns, separated by tabs, \N for NULL.
-func appendCopyText(buf []byte, rows []Row) []byte {
-	if buf == nil {
-		buf = make([]byte, 0, len(rows)*256)
-	}
+// copyText is rows in COPY's text format: one line per row, columns in
+// the order of rowColumns, separated by tabs, \N for NULL.
+func copyText(rows []Row) []byte {
+	buf := make([]byte, 0, len(rows)*256)
 	for _, r := range rows {
 		buf = appendCopyString(buf, r.ID)
 		buf = append(buf, '\t')
