@@ -33,15 +33,7 @@ func BenchmarkStats(b *testing.B) {
 	}
 	for _, driver := range []string{DriverSQLite, DriverPostgres} {
 		b.Run(driver, func(b *testing.B) {
-			dsn := filepath.Join(b.TempDir(), "bench.db")
-			if driver == DriverPostgres {
-				dsn = pgtest.Database(b)
-			}
-			s, err := Open(context.Background(), driver, dsn)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
+			s := benchStore(b, driver)
 			now := time.Now()
 			providers := []string{"alpha", "beta", "gamma", "delta"}
 			batch := make([]Row, 0, 5000)
@@ -89,21 +81,14 @@ func BenchmarkStats(b *testing.B) {
 	}
 }
 
-// BenchmarkInsert times the writer's work per row: batches of 256 rows
-// (what the writer sends under load) into a fresh store, rollups included.
+// BenchmarkInsert times the writer's work per row: batches of insertBatch
+// rows or ARBSTR_BENCH_BATCH (what the writer sends under load) into a
+// fresh store, rollups included.
 // Run: go test -run '^$' -bench Insert ./ledger/
 func BenchmarkInsert(b *testing.B) {
 	for _, driver := range []string{DriverSQLite, DriverPostgres} {
 		b.Run(driver, func(b *testing.B) {
-			dsn := filepath.Join(b.TempDir(), "bench.db")
-			if driver == DriverPostgres {
-				dsn = pgtest.Database(b)
-			}
-			s, err := Open(context.Background(), driver, dsn)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
+			s := benchStore(b, driver)
 			now := time.Now()
 			batch := make([]Row, benchBatch())
 			n := 0
@@ -140,6 +125,20 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchStore is a fresh store of driver, closed when the benchmark ends.
+func benchStore(b *testing.B, driver string) *SQLStore {
+	dsn := filepath.Join(b.TempDir(), "bench.db")
+	if driver == DriverPostgres {
+		dsn = pgtest.Database(b)
+	}
+	s, err := Open(context.Background(), driver, dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
 }
 
 // postgresCPU is the user and system CPU time of this machine's PostgreSQL
