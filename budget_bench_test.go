@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/arbstr/caddy-arbstr/internal/freeport"
 	"github.com/arbstr/caddy-arbstr/internal/pgtest"
 )
 
@@ -48,7 +49,8 @@ func BenchmarkBudgetRequest(b *testing.B) {
 
 func benchBudgetCaddy(b *testing.B, appOptions string) string {
 	b.Helper()
-	admin, up, arb := freePort(b), freePort(b), freePort(b)
+	ports := freeport.Ports(b, 3)
+	admin, up, arb := ports[0], ports[1], ports[2]
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off

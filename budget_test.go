@@ -32,10 +32,7 @@ func budgetCaddy(t *testing.T, appOptions string, upstream *rtUpstream, baseFee 
 // budgetCaddyWith is budgetCaddy with the provider block given.
 func budgetCaddyWith(t *testing.T, appOptions, provider string) *testCaddy {
 	t.Helper()
-	tc := &testCaddy{t: t, Port: freePort(t)}
-	tc.adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tc.URL = fmt.Sprintf("http://127.0.0.1:%d", tc.Port)
-	tc.Admin = "http://" + tc.adminAddr
+	tc := newTestCaddy(t)
 	if err := caddy.Load(budgetConfigWith(t, tc, appOptions, provider, ""), true); err != nil {
 		t.Fatalf("loading config: %v", err)
 	}
@@ -424,10 +421,7 @@ func startChildCaddy(t *testing.T, cfg []byte, tc *testCaddy, env ...string) *ex
 
 // childSite is a second site address set (ports) for the child process.
 func childSite(t *testing.T) *testCaddy {
-	tc := &testCaddy{t: t, Port: freePort(t)}
-	tc.adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tc.URL = fmt.Sprintf("http://127.0.0.1:%d", tc.Port)
-	tc.Admin = "http://" + tc.adminAddr
+	tc := newTestCaddy(t)
 	return tc
 }
 

@@ -14,6 +14,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	"github.com/arbstr/caddy-arbstr/internal/freeport"
 	_ "github.com/arbstr/caddy-arbstr/standin"
 )
 
@@ -30,15 +31,21 @@ type testCaddy struct {
 	reloadedAt time.Time
 }
 
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
+// freePort returns a TCP port of 127.0.0.1 that was free a moment ago;
+// tests that need several take them from one freeport.Ports call.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return freeport.Ports(t, 1)[0]
+}
+
+// newTestCaddy is a testCaddy on two distinct free ports, not yet loaded.
+func newTestCaddy(t *testing.T) *testCaddy {
+	t.Helper()
+	ports := freeport.Ports(t, 2)
+	tc := &testCaddy{t: t, Port: ports[0], adminAddr: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	tc.URL = fmt.Sprintf("http://127.0.0.1:%d", tc.Port)
+	tc.Admin = "http://" + tc.adminAddr
+	return tc
 }
 
 // startCaddy runs site (the body of a site block; use {PORT} nowhere: the
@@ -47,10 +54,7 @@ func freePort(t testing.TB) int {
 // with the placeholder SITE_PORT_n replaced by further free ports.
 func startCaddy(t *testing.T, siteBody string) *testCaddy {
 	t.Helper()
-	tc := &testCaddy{t: t, Port: freePort(t)}
-	tc.adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tc.URL = fmt.Sprintf("http://127.0.0.1:%d", tc.Port)
-	tc.Admin = "http://" + tc.adminAddr
+	tc := newTestCaddy(t)
 	tc.Load(siteBody)
 	tc.reloadedAt = time.Time{} // the first load replaced nothing of this test's
 	t.Cleanup(func() { _ = caddy.Stop() })

@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/arbstr/caddy-arbstr/internal/freeport"
 	"github.com/arbstr/caddy-arbstr/internal/sse"
 )
 
@@ -171,7 +172,8 @@ func hpProviders(n int, url string) string {
 
 func hpStartCaddy(b *testing.B) *hpCaddy {
 	b.Helper()
-	admin, up, rp, arb := freePort(b), freePort(b), freePort(b), freePort(b)
+	ports := freeport.Ports(b, 4)
+	admin, up, rp, arb := ports[0], ports[1], ports[2], ports[3]
 	upURL := fmt.Sprintf("http://127.0.0.1:%d", up)
 	cfg := fmt.Sprintf(`{
 	admin 127.0.0.1:%d

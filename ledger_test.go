@@ -40,10 +40,7 @@ func TestMain(m *testing.M) {
 // startLedgerCaddy is startCaddy with lines added to the global options.
 func startLedgerCaddy(t *testing.T, global, siteBody string) *testCaddy {
 	t.Helper()
-	tc := &testCaddy{t: t, Port: freePort(t)}
-	tc.adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tc.URL = fmt.Sprintf("http://127.0.0.1:%d", tc.Port)
-	tc.Admin = "http://" + tc.adminAddr
+	tc := newTestCaddy(t)
 	tc.loadGlobal(global, siteBody)
 	t.Cleanup(func() { _ = caddy.Stop() })
 	return tc

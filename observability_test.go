@@ -20,10 +20,7 @@ import (
 // block) for the cases a site body cannot express, such as `debug`.
 func hlStartWhole(t *testing.T, globals, siteBody string) *testCaddy {
 	t.Helper()
-	tc := &testCaddy{t: t, Port: freePort(t)}
-	tc.adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tc.URL = fmt.Sprintf("http://127.0.0.1:%d", tc.Port)
-	tc.Admin = "http://" + tc.adminAddr
+	tc := newTestCaddy(t)
 	whole := fmt.Sprintf(`{
 	admin %s
 	persist_config off

@@ -129,10 +129,7 @@ type secCaddy struct {
 // at DEBUG, access log included) written to a file of the test.
 func secStart(t *testing.T, siteBody string) *secCaddy {
 	t.Helper()
-	tc := &testCaddy{t: t, Port: freePort(t)}
-	tc.adminAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	tc.URL = fmt.Sprintf("http://127.0.0.1:%d", tc.Port)
-	tc.Admin = "http://" + tc.adminAddr
+	tc := newTestCaddy(t)
 	sc := &secCaddy{testCaddy: tc, logPath: filepath.Join(t.TempDir(), "caddy.log")}
 	caddyfile := fmt.Sprintf(`{
 	admin %s

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arbstr/caddy-arbstr/internal/freeport"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -24,7 +25,8 @@ func TestStreamBrokenOverHTTP2IsReset(t *testing.T) {
 	}))
 	defer upstream.Close()
 
-	port, admin := freePort(t), freePort(t)
+	ports := freeport.Ports(t, 2)
+	port, admin := ports[0], ports[1]
 	caddyfile := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arbstr/caddy-arbstr/internal/freeport"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -18,7 +19,8 @@ import (
 // stand-in's tests need only this.)
 func startCaddy(t *testing.T, siteBody string) string {
 	t.Helper()
-	port, adminPort := freePort(t), freePort(t)
+	ports := freeport.Ports(t, 2)
+	port, adminPort := ports[0], ports[1]
 	caddyfile := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
@@ -47,15 +49,4 @@ http://127.0.0.1:%d {
 	}
 	t.Fatalf("caddy did not listen on %s", addr)
 	return ""
-}
-
-// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

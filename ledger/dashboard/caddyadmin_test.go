@@ -2,7 +2,6 @@ package dashboard
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arbstr/caddy-arbstr/internal/freeport"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -50,16 +50,6 @@ func (testAdminRoutes) Routes() []caddy.AdminRoute {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // docsCaddyfile is the site block of docs/dashboard.md.
 func docsCaddyfile(t *testing.T) string {
 	t.Helper()
@@ -81,7 +71,8 @@ func TestDashboardInBrowserThroughDocsSite(t *testing.T) {
 	needChromium(t)
 	f := filledFixture(t)
 	fixtureForAdmin = f.Config.Handler
-	adminPort, sitePort := freePort(t), freePort(t)
+	ports := freeport.Ports(t, 2)
+	adminPort, sitePort := ports[0], ports[1]
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
